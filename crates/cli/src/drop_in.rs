@@ -33,6 +33,18 @@ pub enum Capability {
     EtcdSync,
 }
 
+impl Capability {
+    /// The `pgtandem` subcommand (or command family) this capability lives under.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Clone => "clone",
+            Capability::Node => "node",
+            Capability::Bootstrap => "bootstrap",
+            Capability::EtcdSync => "etcd-sync",
+        }
+    }
+}
+
 impl DropIn {
     /// Every drop-in, in the order `install-links` creates them.
     pub const ALL: [DropIn; 5] = [
@@ -66,9 +78,9 @@ impl DropIn {
     /// Exact `--version` output (without the trailing newline).
     pub fn version_text(self) -> String {
         match self {
-            DropIn::Pgclone => format!(
-                "pgclone version {PGCLONE_REFERENCE_VERSION} (pgtandem {PGTANDEM_VERSION})"
-            ),
+            DropIn::Pgclone => {
+                format!("pgclone version {PGCLONE_REFERENCE_VERSION} (pgtandem {PGTANDEM_VERSION})")
+            }
             DropIn::PgEtcd | DropIn::EtcdFdw => etcd_style_version(self.name()),
             DropIn::SteepRepl | DropIn::PgBootstrapSync => {
                 format!("{} version {PGTANDEM_VERSION}", self.name())
@@ -113,7 +125,10 @@ mod tests {
             DropIn::from_argv0(OsStr::new("/usr/local/bin/pgclone")),
             Some(DropIn::Pgclone)
         );
-        assert_eq!(DropIn::from_argv0(OsStr::new("pg_etcd")), Some(DropIn::PgEtcd));
+        assert_eq!(
+            DropIn::from_argv0(OsStr::new("pg_etcd")),
+            Some(DropIn::PgEtcd)
+        );
         assert_eq!(
             DropIn::from_argv0(OsStr::new("./etcd_fdw")),
             Some(DropIn::EtcdFdw)

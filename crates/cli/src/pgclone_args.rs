@@ -391,19 +391,14 @@ fn build(
             .filter(|n| *n >= 1)
             .ok_or_else(|| fatal(format!("Invalid --progress-interval value: {v}")))?,
     };
-    let limit_net_bw = raw
-        .last("limit-net-bw")
-        .map(parse_bandwidth)
-        .transpose()?;
+    let limit_net_bw = raw.last("limit-net-bw").map(parse_bandwidth).transpose()?;
     let ssh_port = raw
         .last("ssh-port")
         .map(|v| parse_port(v).ok_or_else(|| fatal(format!("Invalid --ssh-port value: {v}"))))
         .transpose()?;
     let standby_port = raw
         .last("standby-port")
-        .map(|v| {
-            parse_port(v).ok_or_else(|| fatal(format!("Invalid --standby-port value: {v}")))
-        })
+        .map(|v| parse_port(v).ok_or_else(|| fatal(format!("Invalid --standby-port value: {v}"))))
         .transpose()?;
     let wal_method = match raw.last("wal-method") {
         None | Some("native") => WalMethod::Native,
@@ -616,7 +611,11 @@ mod tests {
 
     #[test]
     fn separate_values_must_be_present_and_not_look_like_options() {
-        for list in [&["--pghost"][..], &["--pghost", "--pguser", "x"], &["--pghost", ""]] {
+        for list in [
+            &["--pghost"][..],
+            &["--pghost", "--pguser", "x"],
+            &["--pghost", ""],
+        ] {
             assert_eq!(
                 parse(&args(list), no_env).unwrap_err(),
                 PgcloneArgsError::Fatal("Option --pghost requires a value".into())
@@ -662,7 +661,14 @@ mod tests {
         );
         // SSH_USER only matters for rsync.
         let a = match parse(
-            &args(&["--pguser", "u", "--primary-pgdata", "/d", "--transport", "local"]),
+            &args(&[
+                "--pguser",
+                "u",
+                "--primary-pgdata",
+                "/d",
+                "--transport",
+                "local",
+            ]),
             env,
         )
         .unwrap()
@@ -694,8 +700,14 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(fatal_of(&["--pgport", "54x"]), "Invalid port");
-        assert_eq!(fatal_of(&["--parallel", "0"]), "Invalid --parallel value: 0");
-        assert_eq!(fatal_of(&["--parallel=abc"]), "Invalid --parallel value: abc");
+        assert_eq!(
+            fatal_of(&["--parallel", "0"]),
+            "Invalid --parallel value: 0"
+        );
+        assert_eq!(
+            fatal_of(&["--parallel=abc"]),
+            "Invalid --parallel value: abc"
+        );
         assert_eq!(
             fatal_of(&["--limit-net-bw", "9000"]),
             "--limit-net-bw must be >= 10K (10000 bytes/s)"
@@ -762,12 +774,24 @@ mod tests {
                 },
             ]
         );
-        assert!(parse(&args(&[BASE, &["--tablespace-mapping", "/a=rel"]].concat()), no_env).is_err());
+        assert!(
+            parse(
+                &args(&[BASE, &["--tablespace-mapping", "/a=rel"]].concat()),
+                no_env
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn resume_excludes_drop_existing_and_local_excludes_bypass() {
-        assert!(parse(&args(&[BASE, &["--resume", "--drop-existing"]].concat()), no_env).is_err());
+        assert!(
+            parse(
+                &args(&[BASE, &["--resume", "--drop-existing"]].concat()),
+                no_env
+            )
+            .is_err()
+        );
         assert!(
             parse(
                 &args(&[BASE, &["--transport", "local", "--bypass-rep-traffic"]].concat()),
@@ -816,7 +840,10 @@ mod tests {
             from += at + flag.len();
         }
         for flag in VALUE_OPTIONS.iter().chain(SWITCH_OPTIONS) {
-            assert!(usage().contains(&format!("--{flag}")), "usage lacks --{flag}");
+            assert!(
+                usage().contains(&format!("--{flag}")),
+                "usage lacks --{flag}"
+            );
         }
     }
 }

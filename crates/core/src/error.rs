@@ -233,7 +233,10 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Connection);
         assert!(err.is_retryable());
         assert_eq!(err.to_string(), "connecting to primary: refused");
-        assert_eq!(err.source().map(|s| s.to_string()).as_deref(), Some("refused"));
+        assert_eq!(
+            err.source().map(|s| s.to_string()).as_deref(),
+            Some("refused")
+        );
     }
 
     #[test]

@@ -198,7 +198,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_formats_naming_the_input() {
-        for bad in ["", "0", "/0", "0/", "1/2/3", "123456789/0", "g/0", " 0/0", "0/0 ", "+1/0"] {
+        for bad in [
+            "",
+            "0",
+            "/0",
+            "0/",
+            "1/2/3",
+            "123456789/0",
+            "g/0",
+            " 0/0",
+            "0/0 ",
+            "+1/0",
+        ] {
             let err = bad.parse::<Lsn>().unwrap_err();
             assert_eq!(err.to_string(), format!("Invalid LSN format: {bad}"));
             assert_eq!(err.kind(), crate::ErrorKind::Config);
@@ -221,15 +232,21 @@ mod tests {
     #[test]
     fn wal_file_names_match_postgres() {
         let seg = DEFAULT_WAL_SEG_SIZE;
-        // Values checked against pg_walfile_name() on a 16 MiB cluster.
-        assert_eq!(Lsn(0x0100_0028).wal_file_name(1, seg), "000000010000000000000001");
+        // Expected names worked out by hand from XLogFileName's formula (16 MiB segments).
+        assert_eq!(
+            Lsn(0x0100_0028).wal_file_name(1, seg),
+            "000000010000000000000001"
+        );
         let lsn: Lsn = "16/B374D848".parse().unwrap();
         assert_eq!(lsn.wal_file_name(1, seg), "0000000100000016000000B3");
         assert_eq!(lsn.segment_number(seg), 0x16 * 256 + 0xB3);
         assert_eq!(lsn.segment_start(seg).to_string(), "16/B3000000");
         // 1 GiB segments: 4 per log id.
         let big = 1 << 30;
-        assert_eq!("2/C0000001".parse::<Lsn>().unwrap().wal_file_name(3, big), "000000030000000200000003");
+        assert_eq!(
+            "2/C0000001".parse::<Lsn>().unwrap().wal_file_name(3, big),
+            "000000030000000200000003"
+        );
     }
 
     #[test]

@@ -15,26 +15,170 @@ use crate::error::{Error, Result};
 /// Keywords `quote_ident` must quote: every category except `UNRESERVED_KEYWORD`
 /// (PostgreSQL 18 `kwlist.h`; sorted by ASCII for binary search).
 const QUOTED_KEYWORDS: &[&str] = &[
-    "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "authorization",
-    "between", "bigint", "binary", "bit", "boolean", "both", "case", "cast", "char", "character",
-    "check", "coalesce", "collate", "collation", "column", "concurrently", "constraint", "create",
-    "cross", "current_catalog", "current_date", "current_role", "current_schema", "current_time",
-    "current_timestamp", "current_user", "dec", "decimal", "default", "deferrable", "desc",
-    "distinct", "do", "else", "end", "except", "exists", "extract", "false", "fetch", "float",
-    "for", "foreign", "freeze", "from", "full", "grant", "greatest", "group", "grouping", "having",
-    "ilike", "in", "initially", "inner", "inout", "int", "integer", "intersect", "interval", "into",
-    "is", "isnull", "join", "json", "json_array", "json_arrayagg", "json_exists", "json_object",
-    "json_objectagg", "json_query", "json_scalar", "json_serialize", "json_table", "json_value",
-    "lateral", "leading", "least", "left", "like", "limit", "localtime", "localtimestamp",
-    "merge_action", "national", "natural", "nchar", "none", "normalize", "not", "notnull", "null",
-    "nullif", "numeric", "offset", "on", "only", "or", "order", "out", "outer", "overlaps",
-    "overlay", "placing", "position", "precision", "primary", "real", "references", "returning",
-    "right", "row", "select", "session_user", "setof", "similar", "smallint", "some", "substring",
-    "symmetric", "system_user", "table", "tablesample", "then", "time", "timestamp", "to",
-    "trailing", "treat", "trim", "true", "union", "unique", "user", "using", "values", "varchar",
-    "variadic", "verbose", "when", "where", "window", "with", "xmlattributes", "xmlconcat",
-    "xmlelement", "xmlexists", "xmlforest", "xmlnamespaces", "xmlparse", "xmlpi", "xmlroot",
-    "xmlserialize", "xmltable",
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "between",
+    "bigint",
+    "binary",
+    "bit",
+    "boolean",
+    "both",
+    "case",
+    "cast",
+    "char",
+    "character",
+    "check",
+    "coalesce",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "dec",
+    "decimal",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "exists",
+    "extract",
+    "false",
+    "fetch",
+    "float",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "greatest",
+    "group",
+    "grouping",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "inout",
+    "int",
+    "integer",
+    "intersect",
+    "interval",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "json",
+    "json_array",
+    "json_arrayagg",
+    "json_exists",
+    "json_object",
+    "json_objectagg",
+    "json_query",
+    "json_scalar",
+    "json_serialize",
+    "json_table",
+    "json_value",
+    "lateral",
+    "leading",
+    "least",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "merge_action",
+    "national",
+    "natural",
+    "nchar",
+    "none",
+    "normalize",
+    "not",
+    "notnull",
+    "null",
+    "nullif",
+    "numeric",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "out",
+    "outer",
+    "overlaps",
+    "overlay",
+    "placing",
+    "position",
+    "precision",
+    "primary",
+    "real",
+    "references",
+    "returning",
+    "right",
+    "row",
+    "select",
+    "session_user",
+    "setof",
+    "similar",
+    "smallint",
+    "some",
+    "substring",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "time",
+    "timestamp",
+    "to",
+    "trailing",
+    "treat",
+    "trim",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "values",
+    "varchar",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+    "xmlattributes",
+    "xmlconcat",
+    "xmlelement",
+    "xmlexists",
+    "xmlforest",
+    "xmlnamespaces",
+    "xmlparse",
+    "xmlpi",
+    "xmlroot",
+    "xmlserialize",
+    "xmltable",
 ];
 
 /// Quotes an identifier only when needed, exactly like PostgreSQL's `quote_ident`:
@@ -157,7 +301,7 @@ impl FromStr for QualifiedName {
         let mut parts = Vec::new();
         let mut rest = s;
         loop {
-            let (part, after) = parse_name_part(rest).map_err(|why| invalid(why))?;
+            let (part, after) = parse_name_part(rest).map_err(&invalid)?;
             parts.push(part);
             match after.strip_prefix('.') {
                 Some(next) => rest = next,
@@ -240,14 +384,21 @@ mod tests {
             Some(rest) => (true, rest),
             None => (false, q),
         };
-        let inner = body.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')).unwrap();
+        let inner = body
+            .strip_prefix('\'')
+            .and_then(|r| r.strip_suffix('\''))
+            .unwrap();
         let mut out = String::new();
         let mut chars = inner.chars();
         while let Some(c) = chars.next() {
             match c {
                 '\'' => assert_eq!(chars.next(), Some('\''), "lone quote in {q}"),
                 '\\' if escaped => {
-                    assert_eq!(chars.next(), Some('\\'), "only \\\\ escapes are produced: {q}")
+                    assert_eq!(
+                        chars.next(),
+                        Some('\\'),
+                        "only \\\\ escapes are produced: {q}"
+                    )
                 }
                 _ => {}
             }
@@ -313,9 +464,24 @@ mod tests {
         ];
         for (input, (schema, name)) in cases {
             let q: QualifiedName = input.parse().unwrap();
-            assert_eq!((q.schema.as_str(), q.name.as_str()), (schema, name), "{input}");
+            assert_eq!(
+                (q.schema.as_str(), q.name.as_str()),
+                (schema, name),
+                "{input}"
+            );
         }
-        for bad in ["", "a.b.c", "\"unterminated", "\"\".t", "a..b", "a.", ".a", "a b", "\"a\"x", "a\0b"] {
+        for bad in [
+            "",
+            "a.b.c",
+            "\"unterminated",
+            "\"\".t",
+            "a..b",
+            "a.",
+            ".a",
+            "a b",
+            "\"a\"x",
+            "a\0b",
+        ] {
             assert!(bad.parse::<QualifiedName>().is_err(), "{bad:?} should fail");
         }
         assert!(QualifiedName::new("s", "a\0").is_err());
@@ -326,7 +492,10 @@ mod tests {
         let q: QualifiedName = "\"S\".\"t.x\"".parse().unwrap();
         assert_eq!(q.to_string(), "\"S\".\"t.x\"");
         assert_eq!(q.to_string().parse::<QualifiedName>().unwrap(), q);
-        assert_eq!("t".parse::<QualifiedName>().unwrap().to_string(), "\"public\".\"t\"");
+        assert_eq!(
+            "t".parse::<QualifiedName>().unwrap().to_string(),
+            "\"public\".\"t\""
+        );
     }
 
     proptest! {

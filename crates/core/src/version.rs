@@ -132,10 +132,17 @@ mod tests {
             ("16devel", (16, 0)),
             ("17", (17, 0)),
             ("9.6.24", (9, 6)),
-            ("PostgreSQL 15.18 (Debian 15.18-0+deb12u1) on x86_64-pc-linux-gnu", (15, 18)),
+            (
+                "PostgreSQL 15.18 (Debian 15.18-0+deb12u1) on x86_64-pc-linux-gnu",
+                (15, 18),
+            ),
         ];
         for (text, (major, minor)) in cases {
-            assert_eq!(PgVersion::parse_server_version(text).unwrap(), PgVersion::new(major, minor), "{text}");
+            assert_eq!(
+                PgVersion::parse_server_version(text).unwrap(),
+                PgVersion::new(major, minor),
+                "{text}"
+            );
         }
         for bad in ["", "devel", "9", "15-x", "x.y"] {
             let err = PgVersion::parse_server_version(bad).unwrap_err();
@@ -145,8 +152,14 @@ mod tests {
 
     #[test]
     fn from_str_accepts_both_forms_and_num_round_trips() {
-        assert_eq!("150018".parse::<PgVersion>().unwrap(), PgVersion::new(15, 18));
-        assert_eq!("15.18".parse::<PgVersion>().unwrap(), PgVersion::new(15, 18));
+        assert_eq!(
+            "150018".parse::<PgVersion>().unwrap(),
+            PgVersion::new(15, 18)
+        );
+        assert_eq!(
+            "15.18".parse::<PgVersion>().unwrap(),
+            PgVersion::new(15, 18)
+        );
         for num in [90624u32, 90600, 100001, 150018, 180006] {
             let v = PgVersion::from_num(num).unwrap();
             assert_eq!(PgVersion::from_num(v.to_num()).unwrap(), v);

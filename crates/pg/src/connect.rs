@@ -2,23 +2,17 @@
 //! parameter resolution, `.pgpass`, TLS policy, retries, version checks.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pgtandem_core::conninfo::ConnInfo;
+use pgtandem_core::conninfo::{ConnInfo, Host, HostSpec};
+use pgtandem_core::pgpass::{self, PgpassFile};
 use pgtandem_core::version::PgVersion;
 use tokio::time::Instant;
 use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
-use crate::replication::HostAddr;
-
-/// libpq's compiled-in default port.
-pub const DEFAULT_PORT: u16 = 5432;
-
-/// Socket directories libpq builds use when no host is given (Debian first).
-const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
 
 /// TLS policy from `sslmode`.
 ///
@@ -48,7 +42,7 @@ impl TlsPolicy {
 #[derive(Clone)]
 pub struct ConnParams {
     /// Candidate servers in the order libpq would try them.
-    pub hosts: Vec<(HostAddr, u16)>,
+    pub hosts: Vec<HostSpec>,
     /// Role name.
     pub user: String,
     /// Database name.
@@ -88,25 +82,26 @@ impl fmt::Debug for ConnParams {
 }
 
 impl ConnParams {
-    /// Resolves a conninfo into concrete parameters (libpq defaults for
-    /// anything missing).
+    /// Resolves a conninfo into concrete parameters, applying libpq's
+    /// built-in defaults (port 5432, user = OS user, dbname = user, default
+    /// socket directory). `PG*` environment variables are the caller's
+    /// choice: apply [`ConnInfo::with_env_defaults`] first to honour them.
     pub fn from_conninfo(info: &ConnInfo) -> Result<Self> {
-        let hosts = resolve_hosts(info.get("host"), info.get("hostaddr"), info.get("port"))?;
-        let user = match info.get("user").filter(|u| !u.is_empty()) {
-            Some(user) => user.to_owned(),
+        let os_user = match info.user().filter(|u| !u.is_empty()) {
+            Some(_) => String::new(),
             None => os_user()?,
         };
-        let dbname = info
-            .get("dbname")
-            .filter(|d| !d.is_empty())
-            .map_or_else(|| user.clone(), str::to_owned);
+        let info = info.with_builtin_defaults(&os_user);
+        let hosts = info.hosts().map_err(|e| Error::Config(e.message().to_owned()))?;
+        let user = info.user().unwrap_or_default().to_owned();
+        let dbname = info.dbname().unwrap_or_default().to_owned();
         Ok(ConnParams {
             hosts,
             dbname,
             user,
-            password: info.get("password").map(str::to_owned),
+            password: info.password().map(str::to_owned),
             passfile: info.get("passfile").map(PathBuf::from),
-            application_name: info.get("application_name").map(str::to_owned),
+            application_name: info.application_name().map(str::to_owned),
             connect_timeout: parse_seconds(info.get("connect_timeout"), "connect_timeout")?
                 .filter(|d| !d.is_zero()),
             options: info.get("options").map(str::to_owned),
@@ -124,32 +119,31 @@ impl ConnParams {
     }
 
     /// The password to send to `host`: the explicit one, else `.pgpass`.
-    pub fn password_for(&self, host: &HostAddr, port: u16, dbname: &str) -> Option<String> {
+    pub fn password_for(&self, target: &HostSpec, dbname: &str) -> Option<String> {
         if let Some(password) = &self.password {
             return Some(password.clone());
         }
-        let host = match host {
-            HostAddr::Tcp(name) => name.clone(),
-            HostAddr::Unix(dir) => dir.to_string_lossy().into_owned(),
-        };
-        lookup_pgpass(self.passfile.as_deref(), &host, port, dbname, &self.user)
+        lookup_pgpass(self.passfile.as_deref(), target, dbname, &self.user)
     }
 
     /// A tokio-postgres config for these parameters.
     pub fn pg_config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
-        for (host, port) in &self.hosts {
-            match host {
-                HostAddr::Tcp(name) => config.host(name),
-                HostAddr::Unix(dir) => config.host_path(dir),
+        for target in &self.hosts {
+            match (&target.host, &target.hostaddr) {
+                (Host::Unix(dir), _) => config.host_path(dir),
+                // The numeric address is where we connect; the name only
+                // matters for .pgpass, which we resolve ourselves.
+                (Host::Tcp(_), Some(addr)) => config.host(addr),
+                (Host::Tcp(name), None) => config.host(name),
             };
-            config.port(*port);
+            config.port(target.port);
         }
         config.user(&self.user).dbname(&self.dbname);
         // tokio-postgres takes one password for all hosts; libpq would look
         // `.pgpass` up per host, which only matters for multi-host lists.
-        if let Some((host, port)) = self.hosts.first()
-            && let Some(password) = self.password_for(host, *port, &self.dbname)
+        if let Some(target) = self.hosts.first()
+            && let Some(password) = self.password_for(target, &self.dbname)
         {
             config.password(password);
         }
@@ -174,68 +168,40 @@ impl ConnParams {
     }
 }
 
+/// libpq's password file lookup: `passfile`, else `PGPASSFILE`, else
+/// `~/.pgpass`; unsafe files are ignored with libpq's warning.
 fn lookup_pgpass(
-    passfile: Option<&std::path::Path>,
-    host: &str,
-    port: u16,
+    passfile: Option<&Path>,
+    target: &HostSpec,
     dbname: &str,
     user: &str,
 ) -> Option<String> {
-    let port = port.to_string();
-    pgtandem_core::pgpass::lookup(passfile, host, &port, dbname, user)
-}
-
-fn os_user() -> Result<String> {
-    ["PGUSER", "USER", "LOGNAME"]
-        .into_iter()
-        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
-        .ok_or_else(|| Error::Config("no user name given and none found in the environment".into()))
-}
-
-/// Pairs hosts with ports the way libpq does: one port for all hosts, or one
-/// port per host.
-fn resolve_hosts(
-    host: Option<&str>,
-    hostaddr: Option<&str>,
-    port: Option<&str>,
-) -> Result<Vec<(HostAddr, u16)>> {
-    // hostaddr, when given, is where we actually connect.
-    let spec = hostaddr.filter(|h| !h.is_empty()).or(host.filter(|h| !h.is_empty()));
-    let hosts: Vec<HostAddr> = match spec {
-        Some(list) => list.split(',').map(|h| HostAddr::parse(h.trim())).collect(),
-        None => vec![HostAddr::Unix(PathBuf::from(default_socket_dir()))],
+    let path = match passfile {
+        Some(path) => path.to_owned(),
+        None => {
+            let home = std::env::var_os("HOME")?;
+            pgpass::pgpass_path(&|var| std::env::var(var).ok(), Path::new(&home))
+        }
     };
-    let ports: Vec<u16> = match port.filter(|p| !p.is_empty()) {
-        Some(list) => list
-            .split(',')
-            .map(|p| {
-                let p = p.trim();
-                if p.is_empty() {
-                    return Ok(DEFAULT_PORT);
-                }
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| Error::Config(format!("invalid port number: \"{p}\"")))
-            })
-            .collect::<Result<_>>()?,
-        None => vec![DEFAULT_PORT],
-    };
-    match ports.len() {
-        1 => Ok(hosts.into_iter().map(|h| (h, ports[0])).collect()),
-        n if n == hosts.len() => Ok(hosts.into_iter().zip(ports).collect()),
-        n => Err(Error::Config(format!(
-            "could not match {n} port numbers to {} hosts",
-            hosts.len()
-        ))),
+    match pgpass::load(&path) {
+        PgpassFile::Loaded(file) => file
+            .lookup(&target.host_str(), &target.port.to_string(), dbname, user)
+            .map(str::to_owned),
+        PgpassFile::Missing => None,
+        PgpassFile::Ignored(why) => {
+            tracing::warn!("{why}");
+            None
+        }
     }
 }
 
-fn default_socket_dir() -> &'static str {
-    DEFAULT_SOCKET_DIRS
+/// libpq's default user is the OS user; the environment is the only source
+/// that needs no extra dependency.
+fn os_user() -> Result<String> {
+    ["USER", "LOGNAME"]
         .into_iter()
-        .find(|dir| std::path::Path::new(dir).is_dir())
-        .unwrap_or(DEFAULT_SOCKET_DIRS[1])
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+        .ok_or_else(|| Error::Config("no user name given and none found in the environment".into()))
 }
 
 fn parse_seconds(value: Option<&str>, key: &str) -> Result<Option<Duration>> {
@@ -383,7 +349,7 @@ pub(crate) fn parse_version_num(num: &str) -> Result<PgVersion> {
         .trim()
         .parse()
         .map_err(|_| Error::Protocol(format!("invalid server_version_num \"{num}\"")))?;
-    PgVersion::from_version_num(n)
+    PgVersion::from_num(n)
         .map_err(|e| Error::Protocol(format!("invalid server_version_num \"{num}\": {e}")))
 }
 
@@ -403,24 +369,32 @@ pub async fn require_version(client: &Client, min_major: u32) -> Result<PgVersio
 mod tests {
     use super::*;
 
+    fn params(s: &str) -> Result<ConnParams> {
+        ConnParams::from_conninfo(&ConnInfo::parse(s).unwrap())
+    }
+
     #[test]
-    fn hosts_and_ports_pair_like_libpq() {
-        let h = resolve_hosts(Some("/tmp,db1"), None, Some("5433")).unwrap();
-        assert_eq!(
-            h,
-            vec![
-                (HostAddr::Unix("/tmp".into()), 5433),
-                (HostAddr::Tcp("db1".into()), 5433)
-            ]
-        );
-        let h = resolve_hosts(Some("a,b"), None, Some("1,2")).unwrap();
-        assert_eq!(h[1], (HostAddr::Tcp("b".into()), 2));
-        assert!(resolve_hosts(Some("a,b,c"), None, Some("1,2")).is_err());
-        assert!(resolve_hosts(Some("a"), None, Some("x")).is_err());
-        let h = resolve_hosts(Some("name"), Some("127.0.0.2"), None).unwrap();
-        assert_eq!(h, vec![(HostAddr::Tcp("127.0.0.2".into()), DEFAULT_PORT)]);
-        let h = resolve_hosts(None, None, None).unwrap();
-        assert!(matches!(h[0].0, HostAddr::Unix(_)));
+    fn conninfo_resolution() {
+        let p = params("host=/tmp,db1 port=5433 user=u application_name=a connect_timeout=3")
+            .unwrap();
+        assert_eq!(p.hosts.len(), 2);
+        assert_eq!(p.hosts[0].host, Host::Unix("/tmp".into()));
+        assert_eq!(p.hosts[1].port, 5433);
+        assert_eq!(p.dbname, "u");
+        assert_eq!(p.connect_timeout, Some(Duration::from_secs(3)));
+        let cfg = p.pg_config();
+        assert_eq!(cfg.get_ports(), &[5433, 5433]);
+        assert_eq!(cfg.get_application_name(), Some("a"));
+        assert!(params("host=a,b,c port=1,2 user=u").is_err());
+        assert!(params("user=u keepalives=maybe").is_err());
+        assert!(params("user=u target_session_attrs=standby").is_err());
+    }
+
+    #[test]
+    fn password_is_redacted_in_debug() {
+        let p = params("host=h user=u password=hunter2").unwrap();
+        assert!(!format!("{p:?}").contains("hunter2"));
+        assert_eq!(p.pg_config().get_password(), Some(&b"hunter2"[..]));
     }
 
     #[test]

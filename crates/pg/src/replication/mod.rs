@@ -15,9 +15,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use pgtandem_core::conninfo::ConnInfo;
+use pgtandem_core::conninfo::{ConnInfo, HostSpec};
 use pgtandem_core::lsn::Lsn;
-use pgtandem_core::quoting::{quote_ident, quote_literal};
+use pgtandem_core::quoting::{quote_ident_always, quote_literal};
 use pgtandem_core::version::PgVersion;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
@@ -25,8 +25,7 @@ use tokio_postgres::fallible_iterator::FallibleIterator;
 
 use crate::connect::ConnParams;
 use crate::error::{Error, Result};
-pub use wire::HostAddr;
-use wire::{Framed, Incoming, Socket, describe, server_error};
+use wire::{Framed, Incoming, Socket, describe, describe_target, server_error};
 
 /// How long [`ReplicationConnection::close`] waits for the server to hang up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -184,14 +183,14 @@ impl ReplicationConnection {
     /// primaries and standbys alike.
     pub async fn connect_params(params: &ConnParams, mode: ReplicationMode) -> Result<Self> {
         let mut last_error = None;
-        for (host, port) in &params.hosts {
-            let attempt = Self::connect_host(params, host, *port, mode);
+        for target in &params.hosts {
+            let attempt = Self::connect_host(params, target, mode);
             let result = match params.connect_timeout {
                 Some(limit) => match tokio::time::timeout(limit, attempt).await {
                     Ok(result) => result,
                     Err(_) => Err(Error::Timeout(format!(
                         "connection to {} timed out after {}s",
-                        host.describe(*port),
+                        describe_target(target),
                         limit.as_secs()
                     ))),
                 },
@@ -210,12 +209,11 @@ impl ReplicationConnection {
 
     async fn connect_host(
         params: &ConnParams,
-        host: &HostAddr,
-        port: u16,
+        target: &HostSpec,
         mode: ReplicationMode,
     ) -> Result<Self> {
-        let socket = Socket::connect(host, port).await.map_err(|e| {
-            Error::io(format!("connection to {} failed", host.describe(port)), e)
+        let socket = Socket::connect(target).await.map_err(|e| {
+            Error::io(format!("connection to {} failed", describe_target(target)), e)
         })?;
         let mut framed = Framed::new(socket);
         // libpq/pg_basebackup look physical connections up in .pgpass under
@@ -237,10 +235,10 @@ impl ReplicationConnection {
             startup_params.push(("options", options.as_str()));
         }
         let session = startup::startup(&mut framed, &startup_params, &params.user, || {
-            params.password_for(host, port, pgpass_db)
+            params.password_for(target, pgpass_db)
         })
         .await?;
-        tracing::debug!(target = %host.describe(port), ?mode, "replication connection established");
+        tracing::debug!(server = %describe_target(target), ?mode, "replication connection established");
         Ok(Self {
             framed,
             mode,
@@ -375,7 +373,7 @@ impl ReplicationConnection {
     /// `DROP_REPLICATION_SLOT "name" [WAIT]`; with `wait`, blocks while the
     /// slot is active instead of failing.
     pub async fn drop_slot(&mut self, name: &str, wait: bool) -> Result<()> {
-        let mut sql = format!("DROP_REPLICATION_SLOT {}", quote_ident(name));
+        let mut sql = format!("DROP_REPLICATION_SLOT {}", quote_ident_always(name));
         if wait {
             sql.push_str(" WAIT");
         }
@@ -386,7 +384,7 @@ impl ReplicationConnection {
     /// `SHOW name`, e.g. `wal_segment_size` or `server_version_num`.
     pub async fn show(&mut self, name: &str) -> Result<String> {
         let r = self
-            .simple_query(&format!("SHOW {}", quote_ident(name)))
+            .simple_query(&format!("SHOW {}", quote_ident_always(name)))
             .await?;
         let row = r
             .rows
@@ -431,7 +429,7 @@ impl ReplicationConnection {
 }
 
 fn physical_slot_sql(name: &str, options: SlotOptions) -> String {
-    let mut sql = format!("CREATE_REPLICATION_SLOT {}", quote_ident(name));
+    let mut sql = format!("CREATE_REPLICATION_SLOT {}", quote_ident_always(name));
     if options.temporary {
         sql.push_str(" TEMPORARY");
     }
@@ -445,9 +443,9 @@ fn physical_slot_sql(name: &str, options: SlotOptions) -> String {
 fn logical_slot_sql(name: &str, plugin: &str, temporary: bool, snapshot: SnapshotAction) -> String {
     format!(
         "CREATE_REPLICATION_SLOT {}{} LOGICAL {} (SNAPSHOT {})",
-        quote_ident(name),
+        quote_ident_always(name),
         if temporary { " TEMPORARY" } else { "" },
-        quote_ident(plugin),
+        quote_ident_always(plugin),
         quote_literal(snapshot.option_value()),
     )
 }
@@ -456,20 +454,26 @@ fn decode_row(
     body: &postgres_protocol::message::backend::DataRowBody,
 ) -> Result<Vec<Option<String>>> {
     let buffer = body.buffer();
-    body.ranges()
-        .map(|range| {
-            Ok(range.map(|r| buffer.get(r).unwrap_or_default()))
-        })
-        .map_err(|e| Error::Protocol(format!("malformed data row: {e}")))
-        .and_then(|value| {
-            value
-                .map(|bytes| {
-                    String::from_utf8(bytes.to_vec())
-                        .map_err(|_| Error::Protocol("non-UTF-8 value in data row".into()))
-                })
-                .transpose()
-        })
-        .collect()
+    let mut ranges = body.ranges();
+    let mut row = Vec::new();
+    while let Some(range) = ranges
+        .next()
+        .map_err(|e| Error::Protocol(format!("malformed data row: {e}")))?
+    {
+        let value = match range {
+            None => None,
+            Some(range) => {
+                let bytes = buffer
+                    .get(range)
+                    .ok_or_else(|| Error::Protocol("data row value out of bounds".into()))?;
+                let text = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| Error::Protocol("non-UTF-8 value in data row".into()))?;
+                Some(text)
+            }
+        };
+        row.push(value);
+    }
+    Ok(row)
 }
 
 fn parse_lsn(text: &str) -> Result<Lsn> {
@@ -487,34 +491,25 @@ mod tests {
 
     #[test]
     fn slot_commands_use_modern_syntax() {
+        let temp = SlotOptions {
+            temporary: true,
+            reserve_wal: true,
+        };
         assert_eq!(
-            physical_slot_sql(
-                "pgclone_1",
-                SlotOptions {
-                    temporary: true,
-                    reserve_wal: true
-                }
-            ),
-            format!(
-                "CREATE_REPLICATION_SLOT {} TEMPORARY PHYSICAL (RESERVE_WAL)",
-                quote_ident("pgclone_1")
-            )
+            physical_slot_sql("pgclone_1", temp),
+            "CREATE_REPLICATION_SLOT \"pgclone_1\" TEMPORARY PHYSICAL (RESERVE_WAL)"
         );
         assert_eq!(
-            physical_slot_sql("s", SlotOptions::default()),
-            format!("CREATE_REPLICATION_SLOT {} PHYSICAL", quote_ident("s"))
+            physical_slot_sql("wait", SlotOptions::default()),
+            "CREATE_REPLICATION_SLOT \"wait\" PHYSICAL"
         );
         assert_eq!(
             logical_slot_sql("s", "pgoutput", false, SnapshotAction::Export),
-            format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL {} (SNAPSHOT 'export')",
-                quote_ident("s"),
-                quote_ident("pgoutput")
-            )
+            "CREATE_REPLICATION_SLOT \"s\" LOGICAL \"pgoutput\" (SNAPSHOT 'export')"
         );
-        assert!(
-            logical_slot_sql("s", "test_decoding", true, SnapshotAction::NoExport)
-                .contains(" TEMPORARY LOGICAL ")
+        assert_eq!(
+            logical_slot_sql("s", "test_decoding", true, SnapshotAction::NoExport),
+            "CREATE_REPLICATION_SLOT \"s\" TEMPORARY LOGICAL \"test_decoding\" (SNAPSHOT 'nothing')"
         );
     }
 }

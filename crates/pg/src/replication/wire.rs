@@ -6,11 +6,11 @@
 //! 0.7 cannot express.
 
 use std::io;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
+use pgtandem_core::conninfo::{Host, HostSpec};
 use postgres_protocol::message::backend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
@@ -25,34 +25,17 @@ pub(crate) const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 /// of 1 GiB or more (its own `PQ_LARGE_MESSAGE_LIMIT`).
 const MAX_MESSAGE_LEN: usize = 1 << 30;
 
-/// Where a server listens: a TCP host name/address or a Unix socket directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostAddr {
-    /// Host name or IP address.
-    Tcp(String),
-    /// Directory containing `.s.PGSQL.<port>`.
-    Unix(PathBuf),
-}
-
-impl HostAddr {
-    /// libpq rule: a host starting with `/` is a socket directory.
-    pub fn parse(host: &str) -> Self {
-        if host.starts_with('/') {
-            HostAddr::Unix(PathBuf::from(host))
-        } else {
-            HostAddr::Tcp(host.to_owned())
+/// libpq-style description of a target, for connection error messages.
+pub(crate) fn describe_target(target: &HostSpec) -> String {
+    match (&target.host, &target.hostaddr) {
+        (Host::Unix(_), _) => format!(
+            "server on socket \"{}\"",
+            target.socket_path().unwrap_or_default().display()
+        ),
+        (Host::Tcp(host), Some(addr)) if host != addr => {
+            format!("server at \"{host}\" ({addr}), port {}", target.port)
         }
-    }
-
-    /// Human-readable target, formatted like libpq's connection errors.
-    pub fn describe(&self, port: u16) -> String {
-        match self {
-            HostAddr::Tcp(host) => format!("server at \"{host}\", port {port}"),
-            HostAddr::Unix(dir) => format!(
-                "server on socket \"{}\"",
-                dir.join(format!(".s.PGSQL.{port}")).display()
-            ),
-        }
+        (Host::Tcp(host), _) => format!("server at \"{host}\", port {}", target.port),
     }
 }
 
@@ -64,16 +47,18 @@ pub(crate) enum Socket {
 }
 
 impl Socket {
-    pub(crate) async fn connect(host: &HostAddr, port: u16) -> io::Result<Socket> {
-        match host {
-            HostAddr::Tcp(name) => {
-                let stream = TcpStream::connect((name.as_str(), port)).await?;
+    /// Connects to `hostaddr` if given (no name resolution), else `host`.
+    pub(crate) async fn connect(target: &HostSpec) -> io::Result<Socket> {
+        match (&target.host, &target.hostaddr) {
+            (Host::Unix(dir), _) => {
+                let path = dir.join(format!(".s.PGSQL.{}", target.port));
+                Ok(Socket::Unix(UnixStream::connect(path).await?))
+            }
+            (Host::Tcp(name), addr) => {
+                let host = addr.as_deref().unwrap_or(name);
+                let stream = TcpStream::connect((host, target.port)).await?;
                 stream.set_nodelay(true)?;
                 Ok(Socket::Tcp(stream))
-            }
-            HostAddr::Unix(dir) => {
-                let path = dir.join(format!(".s.PGSQL.{port}"));
-                Ok(Socket::Unix(UnixStream::connect(path).await?))
             }
         }
     }
@@ -277,16 +262,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_kinds_follow_libpq() {
-        assert_eq!(HostAddr::parse("/tmp"), HostAddr::Unix(PathBuf::from("/tmp")));
+    fn targets_are_described_like_libpq() {
+        let unix = HostSpec {
+            host: Host::Unix("/var/run/postgresql".into()),
+            hostaddr: None,
+            port: 5433,
+        };
         assert_eq!(
-            HostAddr::parse("127.0.0.1"),
-            HostAddr::Tcp("127.0.0.1".into())
-        );
-        assert_eq!(
-            HostAddr::parse("/var/run/postgresql").describe(5433),
+            describe_target(&unix),
             "server on socket \"/var/run/postgresql/.s.PGSQL.5433\""
         );
+        let tcp = HostSpec {
+            host: Host::Tcp("db1".into()),
+            hostaddr: Some("10.0.0.1".into()),
+            port: 5432,
+        };
+        assert_eq!(describe_target(&tcp), "server at \"db1\" (10.0.0.1), port 5432");
     }
 
     #[tokio::test]

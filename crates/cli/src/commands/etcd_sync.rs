@@ -1,0 +1,336 @@
+//! `pgtandem etcd-sync` / `pg_etcd` / `etcd_fdw`: etcd ⇄ PostgreSQL sync
+//! (etcd-sync.md §2.1–2.3).
+
+use clap::{ArgAction, Args, Subcommand, ValueEnum};
+
+use crate::secret::SecretString;
+
+/// Default etcd DSN when neither flag nor variable gives one.
+pub const DEFAULT_ETCD_DSN: &str = "etcd://127.0.0.1:2379/";
+
+/// `etcd-sync [run|status|validate|migrate]` with its shared flags.
+#[derive(Debug, Args)]
+pub struct EtcdSyncCommand {
+    #[command(subcommand)]
+    pub action: Option<EtcdSyncAction>,
+    #[command(flatten)]
+    pub options: EtcdSyncArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EtcdSyncAction {
+    /// Run the sync service (the default)
+    Run,
+    /// Health report
+    Status(StatusArgs),
+    /// Consistency check between etcd and PostgreSQL
+    Validate(ValidateArgs),
+    /// Apply migrations and exit
+    Migrate,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[arg(long, value_enum, default_value_t = ReportFormat::Json)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    #[arg(long, value_enum, default_value_t = ReportFormat::Json)]
+    pub format: ReportFormat,
+    /// Most differences listed
+    #[arg(long, default_value_t = 100)]
+    pub max_differences: u32,
+    /// Take the leader lock, resync (etcd wins) and validate again
+    #[arg(long)]
+    pub fix: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Json,
+    Text,
+}
+
+/// Flags shared by every etcd-sync action. Env fallbacks: clap reads the
+/// `pg_etcd_*` primary; [`EtcdSyncArgs::resolve`] adds the `ETCD_FDW_*`
+/// aliases and defaults (flag > pg_etcd_* > ETCD_FDW_* > default).
+#[derive(Debug, Clone, Args)]
+pub struct EtcdSyncArgs {
+    /// PostgreSQL connection string (URL or key=value) [default: libpq defaults]
+    #[arg(
+        short = 'p',
+        long,
+        global = true,
+        env = "pg_etcd_POSTGRES_DSN",
+        hide_env_values = true,
+        hide_env_values = true
+    )]
+    pub postgres_dsn: Option<SecretString>,
+
+    /// etcd connection string: etcd://[user[:password]@]host[:port][,host[:port]...][/prefix][?param=value&...] [default: etcd://127.0.0.1:2379/]
+    #[arg(
+        short = 'e',
+        long,
+        global = true,
+        env = "pg_etcd_ETCD_DSN",
+        hide_env_values = true
+    )]
+    pub etcd_dsn: Option<SecretString>,
+
+    /// Log level: trace|debug|info|warn|warning|error|fatal|panic [default: info]
+    #[arg(
+        short = 'l',
+        long,
+        global = true,
+        env = "pg_etcd_LOG_LEVEL",
+        hide_env_values = true,
+        ignore_case = true
+    )]
+    pub log_level: Option<LogLevel>,
+
+    /// Fallback poll interval for PostgreSQL to etcd (Go duration, > 0 and <= 1h)
+    #[arg(
+        long,
+        global = true,
+        env = "pg_etcd_POLLING_INTERVAL",
+        hide_env_values = true,
+        default_value = "1s"
+    )]
+    pub polling_interval: String,
+
+    /// two-table or single-table
+    #[arg(long, global = true, env = "pg_etcd_SCHEMA_MODE", hide_env_values = true, value_enum,
+          default_value_t = SchemaMode::TwoTable)]
+    pub schema_mode: SchemaMode,
+
+    /// Most events per PostgreSQL transaction (PG to etcd uses min(this, 128))
+    #[arg(long, global = true, env = "pg_etcd_BATCH_SIZE", hide_env_values = true, default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+
+    /// Startup budget per peer (Go duration); exceeded = exit 2
+    #[arg(
+        long,
+        global = true,
+        env = "pg_etcd_CONNECT_TIMEOUT",
+        hide_env_values = true,
+        default_value = "30s"
+    )]
+    pub connect_timeout: String,
+
+    /// Runtime outage budget (Go duration, 0 = unlimited); exceeded = exit 4
+    #[arg(
+        long,
+        global = true,
+        env = "pg_etcd_MAX_OUTAGE",
+        hide_env_values = true,
+        default_value = "0"
+    )]
+    pub max_outage: String,
+
+    /// Check the schema only; run no DDL
+    #[arg(long, global = true, env = "pg_etcd_SKIP_MIGRATIONS", hide_env_values = true, action = ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub skip_migrations: bool,
+
+    /// Delete history older than this (Go duration, 0 = keep all)
+    #[arg(
+        long,
+        global = true,
+        env = "pg_etcd_HISTORY_RETENTION",
+        hide_env_values = true,
+        default_value = "0"
+    )]
+    pub history_retention: String,
+
+    /// Show version information
+    #[arg(short = 'v', long = "version", global = true, action = ArgAction::SetTrue)]
+    pub version: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Warning,
+    Error,
+    Fatal,
+    Panic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaMode {
+    TwoTable,
+    SingleTable,
+}
+
+/// Flags after env aliases and defaults are applied.
+#[derive(Debug, Clone)]
+pub struct EtcdSyncConfig {
+    /// `None` = libpq defaults (PG* variables, ~/.pgpass).
+    pub postgres_dsn: Option<SecretString>,
+    pub etcd_dsn: SecretString,
+    pub log_level: LogLevel,
+    pub polling_interval: String,
+    pub schema_mode: SchemaMode,
+    pub batch_size: u32,
+    pub connect_timeout: String,
+    pub max_outage: String,
+    pub skip_migrations: bool,
+    pub history_retention: String,
+}
+
+impl EtcdSyncArgs {
+    /// Fills unset values from the legacy `ETCD_FDW_*` variables (an empty
+    /// variable counts as unset), then from the defaults. Errors are
+    /// configuration errors (exit 1).
+    pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<EtcdSyncConfig, String> {
+        let alias = |name: &str| env(name).filter(|v| !v.is_empty());
+        let log_level = match (&self.log_level, alias("ETCD_FDW_LOG_LEVEL")) {
+            (Some(level), _) => *level,
+            (None, Some(text)) => <LogLevel as ValueEnum>::from_str(&text, true)
+                .map_err(|_| format!("invalid log level: {text}"))?,
+            (None, None) => LogLevel::Info,
+        };
+        Ok(EtcdSyncConfig {
+            postgres_dsn: self
+                .postgres_dsn
+                .clone()
+                .or_else(|| alias("ETCD_FDW_POSTGRES_DSN").map(SecretString::from)),
+            etcd_dsn: self
+                .etcd_dsn
+                .clone()
+                .or_else(|| alias("ETCD_FDW_ETCD_DSN").map(SecretString::from))
+                .unwrap_or_else(|| SecretString::from(DEFAULT_ETCD_DSN)),
+            log_level,
+            polling_interval: self.polling_interval.clone(),
+            schema_mode: self.schema_mode,
+            batch_size: self.batch_size,
+            connect_timeout: self.connect_timeout.clone(),
+            max_outage: self.max_outage.clone(),
+            skip_migrations: self.skip_migrations,
+            history_retention: self.history_retention.clone(),
+        })
+    }
+}
+
+/// Runs one etcd-sync action.
+pub fn run(command: &EtcdSyncCommand) -> u8 {
+    let config = match command.options.resolve(|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(detail) => {
+            eprintln!("Error: {detail}");
+            return 1;
+        }
+    };
+    let action = command.action.clone().unwrap_or(EtcdSyncAction::Run);
+    tracing::debug!(?config, ?action, "etcd-sync arguments");
+    let name = match action {
+        EtcdSyncAction::Run => "etcd-sync run",
+        EtcdSyncAction::Status(_) => "etcd-sync status",
+        EtcdSyncAction::Validate(_) => "etcd-sync validate",
+        EtcdSyncAction::Migrate => "etcd-sync migrate",
+    };
+    super::engine_not_built(name)
+}
+
+/// pg_etcd checks `-v`/`--version` before any other parsing (etcd-sync.md §2.1).
+pub fn asks_for_version<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> bool {
+    args.iter()
+        .any(|a| a.as_ref() == "-v" || a.as_ref() == "--version")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Harness {
+        #[command(flatten)]
+        command: EtcdSyncCommand,
+    }
+
+    fn resolve(args: &[&str], env: &[(&str, &str)]) -> EtcdSyncConfig {
+        let h = Harness::try_parse_from(std::iter::once("pg_etcd").chain(args.iter().copied()))
+            .unwrap();
+        h.command
+            .options
+            .resolve(|k| {
+                env.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = resolve(&[], &[]);
+        assert_eq!(c.etcd_dsn.expose(), DEFAULT_ETCD_DSN);
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert!(c.postgres_dsn.is_none());
+        assert_eq!(c.schema_mode, SchemaMode::TwoTable);
+        assert_eq!(c.batch_size, 1000);
+    }
+
+    #[test]
+    fn legacy_aliases_fill_gaps_but_flags_win() {
+        let env = [
+            ("ETCD_FDW_ETCD_DSN", "etcd://old:2379/p"),
+            ("ETCD_FDW_LOG_LEVEL", "DEBUG"),
+            ("ETCD_FDW_POSTGRES_DSN", ""),
+        ];
+        let c = resolve(&[], &env);
+        assert_eq!(c.etcd_dsn.expose(), "etcd://old:2379/p");
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert!(c.postgres_dsn.is_none(), "empty variable counts as unset");
+        let c = resolve(&["-e", "etcd://new/", "-l", "WARN"], &env);
+        assert_eq!(c.etcd_dsn.expose(), "etcd://new/");
+        assert_eq!(c.log_level, LogLevel::Warn);
+    }
+
+    #[test]
+    fn bad_alias_log_level_is_a_configuration_error() {
+        let h = Harness::try_parse_from(["pg_etcd"]).unwrap();
+        let err = h
+            .command
+            .options
+            .resolve(|k| (k == "ETCD_FDW_LOG_LEVEL").then(|| "loud".to_owned()))
+            .unwrap_err();
+        assert!(err.contains("loud"));
+    }
+
+    #[test]
+    fn flags_work_before_and_after_the_action() {
+        let h =
+            Harness::try_parse_from(["pg_etcd", "-p", "dbname=x", "status", "--format", "text"])
+                .unwrap();
+        assert!(matches!(
+            h.command.action,
+            Some(EtcdSyncAction::Status(StatusArgs {
+                format: ReportFormat::Text
+            }))
+        ));
+        let h =
+            Harness::try_parse_from(["pg_etcd", "validate", "--fix", "-e", "etcd://h/"]).unwrap();
+        assert_eq!(
+            h.command
+                .options
+                .etcd_dsn
+                .as_ref()
+                .map(SecretString::expose),
+            Some("etcd://h/")
+        );
+    }
+
+    #[test]
+    fn version_is_spotted_anywhere() {
+        assert!(asks_for_version(&["pg_etcd", "--bogus", "-v"]));
+        assert!(!asks_for_version(&["pg_etcd", "-l", "info"]));
+    }
+}
