@@ -112,6 +112,9 @@ async fn failed_copy_leaves_destination_empty_and_usable() {
     .await
     .unwrap_err();
     assert!(e.sqlstate().is_some(), "expected a server error, got {e}");
+    eprintln!("first error: {e}");
+    eprintln!("dst after: {:?}", dst.simple_query("SELECT 1").await.map(|_| ()));
+    eprintln!("src after: {:?}", src.simple_query("SELECT 1").await.map(|_| ()));
 
     // A missing destination table fails before the source starts.
     let e = copy_between(
@@ -124,6 +127,8 @@ async fn failed_copy_leaves_destination_empty_and_usable() {
     .await
     .unwrap_err();
     assert_eq!(e.sqlstate(), Some("42P01"), "{e}");
+    eprintln!("dst after2: {:?}", dst.simple_query("SELECT 1").await.map(|_| ()));
+    eprintln!("dst after2b: {:?}", dst.simple_query("SELECT 1").await.map(|_| ()));
 
     assert_eq!(scalar(&dst, "SELECT count(*) FROM u").await.as_deref(), Some("0"));
     // Both connections remain usable; text format works across the mismatch
