@@ -92,7 +92,9 @@ impl ConnParams {
             None => os_user()?,
         };
         let info = info.with_builtin_defaults(&os_user);
-        let hosts = info.hosts().map_err(|e| Error::Config(e.message().to_owned()))?;
+        let hosts = info
+            .hosts()
+            .map_err(|e| Error::Config(e.message().to_owned()))?;
         let user = info.user().unwrap_or_default().to_owned();
         let dbname = info.dbname().unwrap_or_default().to_owned();
         Ok(ConnParams {
@@ -375,8 +377,8 @@ mod tests {
 
     #[test]
     fn conninfo_resolution() {
-        let p = params("host=/tmp,db1 port=5433 user=u application_name=a connect_timeout=3")
-            .unwrap();
+        let p =
+            params("host=/tmp,db1 port=5433 user=u application_name=a connect_timeout=3").unwrap();
         assert_eq!(p.hosts.len(), 2);
         assert_eq!(p.hosts[0].host, Host::Unix("/tmp".into()));
         assert_eq!(p.hosts[1].port, 5433);
@@ -400,7 +402,10 @@ mod tests {
     #[test]
     fn tls_modes_never_downgrade() {
         assert_eq!(TlsPolicy::from_sslmode(None).unwrap(), TlsPolicy::Plain);
-        assert_eq!(TlsPolicy::from_sslmode(Some("disable")).unwrap(), TlsPolicy::Plain);
+        assert_eq!(
+            TlsPolicy::from_sslmode(Some("disable")).unwrap(),
+            TlsPolicy::Plain
+        );
         for mode in ["require", "verify-ca", "verify-full"] {
             let e = TlsPolicy::from_sslmode(Some(mode)).unwrap_err();
             assert_eq!(e.kind(), pgtandem_core::error::ErrorKind::Unsupported);

@@ -4,10 +4,13 @@
 //! forwarded as-is into `COPY ... FROM STDIN` on the destination, so memory
 //! stays bounded by a few chunks whatever the table size.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures_util::{SinkExt, TryStreamExt, pin_mut};
 use pgtandem_core::quoting::quote_ident;
-use tokio_postgres::Client;
+use tokio::time::Instant;
+use tokio_postgres::{Client, CopyInSink};
 
 use crate::error::Result;
 
@@ -86,6 +89,10 @@ fn qualified_with_columns(schema: &str, table: &str, columns: &[&str]) -> String
 /// read from the source only when the destination accepted the previous one.
 /// On any error the destination COPY is aborted (CopyFail), so no partial
 /// data is committed by it; the caller's transaction decides the rest.
+///
+/// If the destination rejects the COPY statement itself at execution (missing
+/// table or column, no privilege), `dst` is closed when this returns: see
+/// [`start_copy_in`].
 pub async fn copy_between(
     src: &Client,
     copy_out_sql: &str,
@@ -95,7 +102,7 @@ pub async fn copy_between(
 ) -> Result<CopyStats> {
     // Destination first: a missing table fails before the source starts
     // producing data we would have to throw away.
-    let sink = dst.copy_in::<_, Bytes>(copy_in_sql).await?;
+    let sink = start_copy_in(dst, copy_in_sql).await?;
     pin_mut!(sink);
     let stream = src.copy_out(copy_out_sql).await?;
     pin_mut!(stream);
@@ -117,6 +124,40 @@ pub async fn copy_between(
         progress(unreported);
     }
     Ok(CopyStats { bytes, rows })
+}
+
+/// How long to wait for tokio-postgres to notice the stray `ReadyForQuery`.
+const STRAY_READY_WAIT: Duration = Duration::from_secs(10);
+
+/// Starts `COPY ... FROM STDIN` on `dst`.
+///
+/// tokio-postgres 0.7 sends `Sync` both after `Execute` and after the
+/// `CopyFail` it uses to abort, so when the server rejects the statement
+/// before entering copy mode it answers with one `ReadyForQuery` too many
+/// (rust-postgres#789). That stray message would be attributed to the next
+/// request on the connection, silently shifting every later result by one.
+/// We make the outcome deterministic instead: parse errors are caught by a
+/// separate `prepare` (which leaves the connection clean), and after an
+/// execution-time rejection we wait until the stray message has closed the
+/// connection, so it can never be reused with misattributed results.
+async fn start_copy_in(dst: &Client, copy_in_sql: &str) -> Result<CopyInSink<Bytes>> {
+    let statement = dst.prepare(copy_in_sql).await?;
+    match dst.copy_in::<_, Bytes>(&statement).await {
+        Ok(sink) => Ok(sink),
+        Err(e) => {
+            if e.as_db_error().is_some() {
+                let deadline = Instant::now() + STRAY_READY_WAIT;
+                while !dst.is_closed() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                tracing::debug!(
+                    closed = dst.is_closed(),
+                    "destination rejected COPY; connection discarded"
+                );
+            }
+            Err(e.into())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -78,10 +78,8 @@ impl ServerError {
 
 impl From<&tokio_postgres::error::DbError> for ServerError {
     fn from(db: &tokio_postgres::error::DbError) -> Self {
-        ServerError::new(db.severity(), db.code().code(), db.message()).with_detail_hint(
-            db.detail().map(str::to_owned),
-            db.hint().map(str::to_owned),
-        )
+        ServerError::new(db.severity(), db.code().code(), db.message())
+            .with_detail_hint(db.detail().map(str::to_owned), db.hint().map(str::to_owned))
     }
 }
 
@@ -246,8 +244,7 @@ fn kind_for_client_error(e: &tokio_postgres::Error) -> ErrorKind {
     if text.starts_with("authentication error") {
         return ErrorKind::Auth;
     }
-    if text.starts_with("invalid configuration") || text.starts_with("invalid connection string")
-    {
+    if text.starts_with("invalid configuration") || text.starts_with("invalid connection string") {
         return ErrorKind::Config;
     }
     if text.starts_with("error connecting")
@@ -324,19 +321,28 @@ mod tests {
 
     #[test]
     fn retryable_sqlstates() {
-        for code in ["08006", "57P01", "57P02", "57P03", "40001", "40P01", "53300", "55P03"] {
+        for code in [
+            "08006", "57P01", "57P02", "57P03", "40001", "40P01", "53300", "55P03",
+        ] {
             assert!(server(code).is_retryable(), "{code} should be retryable");
         }
         for code in ["28P01", "42501", "42601", "23505", "0A000"] {
-            assert!(!server(code).is_retryable(), "{code} should not be retryable");
+            assert!(
+                !server(code).is_retryable(),
+                "{code} should not be retryable"
+            );
         }
     }
 
     #[test]
     fn display_keeps_server_message_verbatim() {
-        let e: Error = ServerError::new("FATAL", "28P01", "password authentication failed for user \"x\"")
-            .with_detail_hint(None, Some("check it".into()))
-            .into();
+        let e: Error = ServerError::new(
+            "FATAL",
+            "28P01",
+            "password authentication failed for user \"x\"",
+        )
+        .with_detail_hint(None, Some("check it".into()))
+        .into();
         assert_eq!(
             e.to_string(),
             "FATAL: password authentication failed for user \"x\"\nHINT: check it"
@@ -347,7 +353,10 @@ mod tests {
     #[test]
     fn client_side_kinds() {
         assert!(!Error::Auth("x".into()).is_retryable());
-        assert_eq!(Error::Unsupported("x".into()).kind(), ErrorKind::Unsupported);
+        assert_eq!(
+            Error::Unsupported("x".into()).kind(),
+            ErrorKind::Unsupported
+        );
         let io = Error::io("connect", io::Error::from(io::ErrorKind::ConnectionRefused));
         assert_eq!(io.kind(), ErrorKind::Connection);
         assert!(io.is_retryable());

@@ -16,9 +16,13 @@ async fn versions_and_connections(version: Pg) {
 
     // TCP and Unix socket both reach the same server.
     let client = pgtandem_pg::connect(&tcp(&pg, "postgres")).await.unwrap();
-    let via_socket = pgtandem_pg::connect(&socket(&pg, "postgres")).await.unwrap();
+    let via_socket = pgtandem_pg::connect(&socket(&pg, "postgres"))
+        .await
+        .unwrap();
     assert_eq!(
-        scalar(&via_socket, "SELECT inet_server_addr() IS NULL").await.as_deref(),
+        scalar(&via_socket, "SELECT inet_server_addr() IS NULL")
+            .await
+            .as_deref(),
         Some("t"),
         "a Unix socket connection has no server address"
     );
@@ -38,7 +42,10 @@ async fn versions_and_connections(version: Pg) {
         let e = need16.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         let text = e.to_string();
-        assert!(text.contains("16") && text.contains(&v.to_string()), "{text}");
+        assert!(
+            text.contains("16") && text.contains(&v.to_string()),
+            "{text}"
+        );
     } else {
         assert_eq!(need16.unwrap(), v);
     }
@@ -54,7 +61,10 @@ async fn versions_and_connections(version: Pg) {
         scalar(&named, "SHOW application_name").await.as_deref(),
         Some("pgt-test")
     );
-    assert_eq!(scalar(&named, "SHOW work_mem").await.as_deref(), Some("7MB"));
+    assert_eq!(
+        scalar(&named, "SHOW work_mem").await.as_deref(),
+        Some("7MB")
+    );
 
     // Server errors keep their SQLSTATE and verbatim message.
     let e: pgtandem_pg::Error = client
@@ -70,7 +80,9 @@ async fn versions_and_connections(version: Pg) {
     );
 
     // A database that does not exist is reported by the server.
-    let e = pgtandem_pg::connect(&tcp(&pg, "no_such_db")).await.unwrap_err();
+    let e = pgtandem_pg::connect(&tcp(&pg, "no_such_db"))
+        .await
+        .unwrap_err();
     assert_eq!(e.sqlstate(), Some("3D000"), "{e}");
     assert!(!e.is_retryable());
 }
@@ -116,7 +128,9 @@ async fn retry_gives_up_on_a_dead_server_and_reaches_a_live_one() {
 
     pg.stop().unwrap();
     let started = std::time::Instant::now();
-    let e = pgtandem_pg::connect_with_retry(&info, quick).await.unwrap_err();
+    let e = pgtandem_pg::connect_with_retry(&info, quick)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
     assert!(e.is_retryable());
     // Three attempts with 20 ms + 40 ms of backoff in between.
@@ -129,7 +143,8 @@ async fn retry_gives_up_on_a_dead_server_and_reaches_a_live_one() {
         max_delay: Duration::from_millis(200),
         max_elapsed: Duration::from_secs(60),
     };
-    let retrying = tokio::spawn(async move { pgtandem_pg::connect_with_retry(&info, patient).await });
+    let retrying =
+        tokio::spawn(async move { pgtandem_pg::connect_with_retry(&info, patient).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pg = tokio::task::spawn_blocking(move || {
         pg.start().unwrap();
@@ -160,9 +175,15 @@ async fn pool_reuses_connections_and_times_out_when_exhausted() {
     };
     // Returned to the pool and reused.
     let c1 = pool.get().await.unwrap();
-    assert_eq!(scalar(&c1, "SELECT pg_backend_pid()").await.unwrap(), first_pid);
+    assert_eq!(
+        scalar(&c1, "SELECT pg_backend_pid()").await.unwrap(),
+        first_pid
+    );
     let c2 = pool.get().await.unwrap();
-    assert_ne!(scalar(&c2, "SELECT pg_backend_pid()").await.unwrap(), first_pid);
+    assert_ne!(
+        scalar(&c2, "SELECT pg_backend_pid()").await.unwrap(),
+        first_pid
+    );
     assert_eq!(pool.size(), 2);
 
     let e = pool.get().await.unwrap_err();

@@ -14,9 +14,7 @@ use std::time::Duration;
 use common::{cluster, conninfo, eventually, logical_cluster, scalar, socket, tcp};
 use pgtandem_core::error::ErrorKind;
 use pgtandem_core::lsn::Lsn;
-use pgtandem_pg::{
-    Client, ReplicationConnection, ReplicationMode, SlotOptions, SnapshotAction,
-};
+use pgtandem_pg::{Client, ReplicationConnection, ReplicationMode, SlotOptions, SnapshotAction};
 use pgtandem_testkit::{Pg, PgCluster};
 
 async fn slot_row(client: &Client, slot: &str) -> Option<String> {
@@ -49,8 +47,14 @@ async fn physical(version: Pg) {
     assert_eq!(id.system_id, expected_id);
     assert_eq!(id.timeline, 1);
     assert_eq!(id.dbname, None);
-    let current = Lsn::from_str(&scalar(&sql, "SELECT pg_current_wal_lsn()").await.unwrap()).unwrap();
-    assert!(id.xlogpos.is_valid() && id.xlogpos <= current, "{} > {}", id.xlogpos, current);
+    let current =
+        Lsn::from_str(&scalar(&sql, "SELECT pg_current_wal_lsn()").await.unwrap()).unwrap();
+    assert!(
+        id.xlogpos.is_valid() && id.xlogpos <= current,
+        "{} > {}",
+        id.xlogpos,
+        current
+    );
 
     let walsender = scalar(
         &sql,
@@ -63,13 +67,26 @@ async fn physical(version: Pg) {
     assert_eq!(walsender.as_deref(), Some("pgclone-4242"));
     assert_eq!(repl.show("wal_segment_size").await.unwrap(), "16MB");
     assert_eq!(repl.server_version().await.unwrap().major, version.major());
-    assert!(repl.parameter("server_version").unwrap().starts_with(&version.major().to_string()));
+    assert!(
+        repl.parameter("server_version")
+            .unwrap()
+            .starts_with(&version.major().to_string())
+    );
 
     // Temporary slot with reserved WAL: visible while we are connected.
-    repl.create_physical_slot("pgclone_tmp", SlotOptions { temporary: true, reserve_wal: true })
-        .await
-        .unwrap();
-    assert_eq!(slot_row(&sql, "pgclone_tmp").await.as_deref(), Some("physical,true,true"));
+    repl.create_physical_slot(
+        "pgclone_tmp",
+        SlotOptions {
+            temporary: true,
+            reserve_wal: true,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        slot_row(&sql, "pgclone_tmp").await.as_deref(),
+        Some("physical,true,true")
+    );
 
     // A server error is verbatim, classified, and the connection survives it.
     let e = repl
@@ -95,7 +112,10 @@ async fn physical(version: Pg) {
     repl.create_physical_slot("keep_me", SlotOptions::default())
         .await
         .unwrap();
-    assert_eq!(slot_row(&sql, "keep_me").await.as_deref(), Some("physical,false,false"));
+    assert_eq!(
+        slot_row(&sql, "keep_me").await.as_deref(),
+        Some("physical,false,false")
+    );
     repl.drop_slot("keep_me", true).await.unwrap();
     assert_eq!(slot_row(&sql, "keep_me").await, None);
     let e = repl.drop_slot("keep_me", false).await.unwrap_err();
@@ -150,7 +170,11 @@ async fn ids(client: &Client, sql: &str) -> BTreeSet<i64> {
 }
 
 async fn count(client: &Client) -> usize {
-    scalar(client, "SELECT count(*) FROM s").await.unwrap().parse().unwrap()
+    scalar(client, "SELECT count(*) FROM s")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// The exported snapshot contains exactly the rows committed before the
@@ -165,7 +189,12 @@ async fn exported_snapshot(version: Pg) {
 
     let stop = Arc::new(AtomicBool::new(false));
     let inserter = spawn_inserter(pgtandem_pg::connect(&info).await.unwrap(), stop.clone());
-    assert!(eventually(Duration::from_secs(30), || async { count(&sql).await >= 200 }).await);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(&sql).await >= 200
+        })
+        .await
+    );
 
     let mut repl = ReplicationConnection::connect(&info, ReplicationMode::Logical)
         .await
@@ -191,15 +220,28 @@ async fn exported_snapshot(version: Pg) {
         .await
         .unwrap();
     let in_snapshot = ids(&reader, "SELECT id FROM s").await;
-    let snap_count: usize = scalar(&reader, "SELECT count(*) FROM s").await.unwrap().parse().unwrap();
-    let snap_max: i64 = scalar(&reader, "SELECT max(id) FROM s").await.unwrap().parse().unwrap();
+    let snap_count: usize = scalar(&reader, "SELECT count(*) FROM s")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    let snap_max: i64 = scalar(&reader, "SELECT max(id) FROM s")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
     reader.batch_execute("COMMIT").await.unwrap();
     assert_eq!(snap_count, in_snapshot.len());
     assert_eq!(snap_max, *in_snapshot.last().unwrap());
 
     // Let the inserter commit well past the consistent point, then stop it.
     let target = count(&sql).await + 200;
-    assert!(eventually(Duration::from_secs(30), || async { count(&sql).await >= target }).await);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(&sql).await >= target
+        })
+        .await
+    );
     stop.store(true, Ordering::Relaxed);
     let committed = inserter.await.unwrap();
     repl.close().await.unwrap();
@@ -224,7 +266,10 @@ async fn exported_snapshot(version: Pg) {
     assert_eq!(committed, all, "the inserter's commits are the table");
     assert!(!in_snapshot.is_empty(), "no rows before the slot");
     assert!(!decoded.is_empty(), "no rows after the slot");
-    assert!(in_snapshot.is_disjoint(&decoded), "a row is both in the snapshot and decoded");
+    assert!(
+        in_snapshot.is_disjoint(&decoded),
+        "a row is both in the snapshot and decoded"
+    );
     let union: BTreeSet<i64> = in_snapshot.union(&decoded).copied().collect();
     assert_eq!(union, all, "snapshot ∪ decoded must be every row");
 
@@ -251,7 +296,10 @@ async fn exported_snapshot(version: Pg) {
     repl.close().await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            scalar(&sql, "SELECT count(*) FROM pg_replication_slots").await.as_deref() == Some("0")
+            scalar(&sql, "SELECT count(*) FROM pg_replication_slots")
+                .await
+                .as_deref()
+                == Some("0")
         })
         .await
     );
@@ -292,14 +340,22 @@ async fn scram(version: Pg) {
         Some("scram-sha-256")
     );
 
-    let base = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.port());
+    let base = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        pg.port()
+    );
     let wrong = conninfo(&format!("{base} password=wrong"));
     for mode in [ReplicationMode::Physical, ReplicationMode::Logical] {
-        let e = ReplicationConnection::connect(&wrong, mode).await.unwrap_err();
+        let e = ReplicationConnection::connect(&wrong, mode)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
         assert!(!e.is_retryable());
         assert_eq!(e.sqlstate(), Some("28P01"));
-        assert!(e.to_string().contains("password authentication failed"), "{e}");
+        assert!(
+            e.to_string().contains("password authentication failed"),
+            "{e}"
+        );
     }
     let e = pgtandem_pg::connect(&wrong).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
@@ -331,7 +387,11 @@ async fn scram(version: Pg) {
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("pgt-pgpass-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "pgt-pgpass-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

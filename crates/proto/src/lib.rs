@@ -14,7 +14,9 @@ pub use steep_repl_v1::coordinator_server::{Coordinator, CoordinatorServer};
 
 #[cfg(test)]
 mod tests {
-    use super::steep_repl_v1::{HealthCheckResponse, NodeInfo, health_check_response::ServingStatus};
+    use super::steep_repl_v1::{
+        HealthCheckResponse, NodeInfo, health_check_response::ServingStatus,
+    };
     use prost::Message;
 
     /// Field numbers are frozen: a hand-encoded NodeInfo must decode into the right fields.

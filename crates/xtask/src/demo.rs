@@ -180,7 +180,11 @@ fn show_drop_in_names() -> Result<()> {
     let links = tempfile::Builder::new()
         .prefix("pgtandem-demo-")
         .tempdir()?;
-    run_checked(Command::new(&pgtandem).arg("install-links").arg(links.path()))?;
+    run_checked(
+        Command::new(&pgtandem)
+            .arg("install-links")
+            .arg(links.path()),
+    )?;
     for (name, arg) in [
         ("pgtandem", "--version"),
         ("pgclone", "--version"),
@@ -213,9 +217,7 @@ fn pgtandem_binary() -> Result<PathBuf> {
 }
 
 fn run_checked(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     ensure!(
         out.status.success(),
         "{cmd:?} failed: {}",

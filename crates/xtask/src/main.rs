@@ -13,7 +13,10 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("demo") => demo::run(),
         Some("bench") => bench::run(&args[1..]),
-        Some(other) => bail!("unknown task {other:?}; tasks: demo, bench [{}]", bench::NAMES.join("|")),
+        Some(other) => bail!(
+            "unknown task {other:?}; tasks: demo, bench [{}]",
+            bench::NAMES.join("|")
+        ),
         None => bail!("usage: cargo xtask <demo|bench [name]>"),
     }
 }

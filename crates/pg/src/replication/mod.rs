@@ -213,7 +213,10 @@ impl ReplicationConnection {
         mode: ReplicationMode,
     ) -> Result<Self> {
         let socket = Socket::connect(target).await.map_err(|e| {
-            Error::io(format!("connection to {} failed", describe_target(target)), e)
+            Error::io(
+                format!("connection to {} failed", describe_target(target)),
+                e,
+            )
         })?;
         let mut framed = Framed::new(socket);
         // libpq/pg_basebackup look physical connections up in .pgpass under
@@ -418,9 +421,7 @@ impl ReplicationConnection {
         frontend::terminate(&mut self.framed.write_buf);
         self.framed.flush().await?;
         // The server answers Terminate by closing; anything else is noise.
-        let drain = async {
-            while self.framed.read().await.is_ok() {}
-        };
+        let drain = async { while self.framed.read().await.is_ok() {} };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
         // The peer may already be gone; a failed shutdown changes nothing.
         let _ = self.framed.shutdown().await;

@@ -46,10 +46,9 @@ async fn authenticate(
 ) -> Result<()> {
     let mut password = Some(password);
     let mut take_password = move || -> Result<String> {
-        password
-            .take()
-            .and_then(|f| f())
-            .ok_or_else(|| Error::Auth("the server requested a password, but none was supplied".into()))
+        password.take().and_then(|f| f()).ok_or_else(|| {
+            Error::Auth("the server requested a password, but none was supplied".into())
+        })
     };
     loop {
         match framed.read().await? {
@@ -74,7 +73,8 @@ async fn authenticate(
                 }
                 if !scram_offered {
                     return Err(Error::Auth(
-                        "the server offers no SASL mechanism we support (need SCRAM-SHA-256)".into(),
+                        "the server offers no SASL mechanism we support (need SCRAM-SHA-256)"
+                            .into(),
                     ));
                 }
                 let pw = take_password()?;

@@ -164,8 +164,8 @@ impl Framed {
     }
 
     fn try_parse(&mut self) -> Result<Option<Incoming>> {
-        let Some(header) = backend::Header::parse(&self.read_buf)
-            .map_err(|e| Error::Protocol(e.to_string()))?
+        let Some(header) =
+            backend::Header::parse(&self.read_buf).map_err(|e| Error::Protocol(e.to_string()))?
         else {
             return Ok(None);
         };
@@ -202,9 +202,7 @@ impl Framed {
 }
 
 /// Decodes an `ErrorResponse`/`NoticeResponse` field list.
-pub(crate) fn server_error(
-    mut fields: backend::ErrorFields<'_>,
-) -> Result<ServerError> {
+pub(crate) fn server_error(mut fields: backend::ErrorFields<'_>) -> Result<ServerError> {
     let mut severity = None;
     let mut localized_severity = None;
     let mut code = String::new();
@@ -277,7 +275,10 @@ mod tests {
             hostaddr: Some("10.0.0.1".into()),
             port: 5432,
         };
-        assert_eq!(describe_target(&tcp), "server at \"db1\" (10.0.0.1), port 5432");
+        assert_eq!(
+            describe_target(&tcp),
+            "server at \"db1\" (10.0.0.1), port 5432"
+        );
     }
 
     #[tokio::test]
@@ -303,7 +304,10 @@ mod tests {
             }
             other => panic!("unexpected {}", describe(&other)),
         }
-        assert!(matches!(framed.read().await.unwrap(), Incoming::CopyBothResponse));
+        assert!(matches!(
+            framed.read().await.unwrap(),
+            Incoming::CopyBothResponse
+        ));
         match framed.read().await.unwrap() {
             Incoming::Message(backend::Message::ReadyForQuery(r)) => assert_eq!(r.status(), b'I'),
             other => panic!("unexpected {}", describe(&other)),
