@@ -73,6 +73,10 @@ async fn physical(version: Pg) {
             .starts_with(&version.major().to_string())
     );
 
+    // Timeline 1 has no history file; the server says so.
+    let e = repl.timeline_history(1).await.unwrap_err();
+    assert!(e.sqlstate().is_some(), "{e}");
+
     // Temporary slot with reserved WAL: visible while we are connected.
     repl.create_physical_slot(
         "pgclone_tmp",
