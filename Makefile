@@ -43,9 +43,10 @@ clippy:
 
 lint: fmt-check clippy
 
+# Doc tests first: nextest does not run them, and its summary should be the run's last word.
 test: deps lint
+	$(CARGO) test --workspace --doc --locked -q
 	$(CARGO) nextest run --workspace --locked --profile $(NEXTEST_PROFILE) --no-fail-fast
-	$(CARGO) test --workspace --doc --locked
 
 demo: deps
 	$(CARGO) build --locked -p pgtandem -p xtask
