@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, TryStreamExt, pin_mut};
 use pgtandem_core::quoting::quote_ident;
 use tokio::time::Instant;
@@ -17,6 +17,9 @@ use crate::error::Result;
 /// Progress is reported at most once per this many bytes (and at the end), so
 /// a million tiny rows do not mean a million callbacks.
 const PROGRESS_STEP: u64 = 256 * 1024;
+
+/// Rows are forwarded in CopyData messages of about this size.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 /// What one [`copy_between`] moved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -109,15 +112,28 @@ pub async fn copy_between(
 
     let mut bytes = 0u64;
     let mut unreported = 0u64;
+    // The server sends one CopyData message per row; forwarding them one by one costs a message
+    // header and a sink round per row. COPY FROM accepts any chunking, so coalesce.
+    let mut batch = BytesMut::with_capacity(COALESCE_BYTES);
     while let Some(chunk) = stream.try_next().await? {
         let len = chunk.len() as u64;
-        sink.feed(chunk).await?;
+        if batch.is_empty() && chunk.len() >= COALESCE_BYTES {
+            sink.feed(chunk).await?;
+        } else {
+            batch.extend_from_slice(&chunk);
+            if batch.len() >= COALESCE_BYTES {
+                sink.feed(batch.split().freeze()).await?;
+            }
+        }
         bytes += len;
         unreported += len;
         if unreported >= PROGRESS_STEP {
             progress(unreported);
             unreported = 0;
         }
+    }
+    if !batch.is_empty() {
+        sink.feed(batch.freeze()).await?;
     }
     let rows = sink.as_mut().finish().await?;
     if unreported > 0 {
