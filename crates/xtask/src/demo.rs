@@ -5,7 +5,6 @@
 //! checksum, a logical slot with an exported snapshot, and the drop-in names. Every later capability
 //! adds its own step here. Everything started is removed at the end, also on failure.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -176,7 +175,7 @@ async fn demo_steps(node_a: &PgCluster, node_b: &PgCluster) -> Result<()> {
 /// Shows that one binary answers under every drop-in name.
 fn show_drop_in_names() -> Result<()> {
     step("one binary, five names (symlinks made by `pgtandem install-links`)");
-    let pgtandem = pgtandem_binary()?;
+    let pgtandem = crate::pgtandem_binary()?;
     let links = tempfile::Builder::new()
         .prefix("pgtandem-demo-")
         .tempdir()?;
@@ -202,18 +201,6 @@ fn show_drop_in_names() -> Result<()> {
         say(&format!("{name} {arg}: {first}"));
     }
     Ok(())
-}
-
-fn pgtandem_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("xtask has no parent directory")?;
-    let bin = dir.join("pgtandem");
-    ensure!(
-        bin.exists(),
-        "{} is missing; `make demo` builds it (cargo build -p pgtandem)",
-        bin.display()
-    );
-    Ok(bin)
 }
 
 fn run_checked(cmd: &mut Command) -> Result<String> {

@@ -6,7 +6,9 @@
 mod bench;
 mod demo;
 
-use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,4 +21,17 @@ fn main() -> Result<()> {
         ),
         None => bail!("usage: cargo xtask <demo|bench [name]>"),
     }
+}
+
+/// The `pgtandem` binary built beside this one (`make demo`/`make bench` build both).
+pub(crate) fn pgtandem_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("xtask has no parent directory")?;
+    let bin = dir.join("pgtandem");
+    ensure!(
+        bin.exists(),
+        "{} is missing; `make demo` builds it (cargo build -p pgtandem)",
+        bin.display()
+    );
+    Ok(bin)
 }

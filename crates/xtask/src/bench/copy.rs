@@ -1,38 +1,19 @@
-//! `make bench`: benchmarks that run pgtandem side by side with its anchor in one run and print the
-//! ratio. Slow by design, so never part of `make test`; results go to docs/benchmarks.md.
+//! The `pg` layer's raw COPY pipe against `psql -c 'COPY … TO STDOUT' | psql -c 'COPY … FROM STDIN'`.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use pgtandem_core::conninfo::ConnInfo;
 use pgtandem_pg::CopyFormat;
 use pgtandem_testkit::{Pg, PgCluster};
-
-/// Every benchmark by name; `make bench` with no name runs them all.
-pub const NAMES: &[&str] = &["copy"];
-
-pub fn run(args: &[String]) -> Result<()> {
-    let selected: Vec<&str> = if args.is_empty() {
-        NAMES.to_vec()
-    } else {
-        args.iter().map(String::as_str).collect()
-    };
-    for name in selected {
-        match name {
-            "copy" => copy_bench()?,
-            other => bail!("unknown benchmark {other:?}; known: {}", NAMES.join(", ")),
-        }
-    }
-    Ok(())
-}
 
 /// Rows of the benchmark table (about 130 MB of COPY text).
 const COPY_ROWS: u64 = 2_000_000;
 
 /// The `pg` layer's raw COPY pipe against its anchor, `psql -c 'COPY … TO STDOUT' | psql -c 'COPY …
 /// FROM STDIN'`, moving the same table between the same two PostgreSQL 18 clusters.
-fn copy_bench() -> Result<()> {
+pub fn run() -> Result<()> {
     println!("== bench copy: {COPY_ROWS} rows between two local PostgreSQL 18 clusters");
     let src = start()?;
     let dst = start()?;
