@@ -126,7 +126,10 @@ fn run_pgtandem(args: &[OsString]) -> u8 {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    logging::init(cli.global.debug);
+    // etcd-sync installs its own reference log layout.
+    if !matches!(cli.command, Command::EtcdSync(_)) {
+        logging::init(cli.global.debug);
+    }
     match &cli.command {
         Command::Clone(raw) => clone::run("pgtandem clone", &raw.args, cli.global.debug),
         Command::Daemon(cmd) => daemon::run(cmd),
@@ -213,7 +216,6 @@ fn run_pg_etcd(drop_in: DropIn, args: &[OsString]) -> u8 {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    logging::init(false);
     etcd_sync::run(&cli.command)
 }
 

@@ -100,10 +100,15 @@ pub struct EtcdSyncArgs {
     )]
     pub polling_interval: String,
 
-    /// two-table or single-table
-    #[arg(long, global = true, env = "pg_etcd_SCHEMA_MODE", hide_env_values = true, value_enum,
-          default_value_t = SchemaMode::TwoTable)]
-    pub schema_mode: SchemaMode,
+    /// two-table or single-table [default: two-table; an existing single-table database stays single-table]
+    #[arg(
+        long,
+        global = true,
+        env = "pg_etcd_SCHEMA_MODE",
+        hide_env_values = true,
+        value_enum
+    )]
+    pub schema_mode: Option<SchemaMode>,
 
     /// Most events per PostgreSQL transaction (PG to etcd uses min(this, 128))
     #[arg(long, global = true, env = "pg_etcd_BATCH_SIZE", hide_env_values = true, default_value_t = 1000,
@@ -177,6 +182,8 @@ pub struct EtcdSyncConfig {
     pub log_level: LogLevel,
     pub polling_interval: String,
     pub schema_mode: SchemaMode,
+    /// Whether the mode was chosen explicitly (flag or variable).
+    pub schema_mode_explicit: bool,
     pub batch_size: u32,
     pub connect_timeout: String,
     pub max_outage: String,
@@ -208,7 +215,8 @@ impl EtcdSyncArgs {
                 .unwrap_or_else(|| SecretString::from(DEFAULT_ETCD_DSN)),
             log_level,
             polling_interval: self.polling_interval.clone(),
-            schema_mode: self.schema_mode,
+            schema_mode: self.schema_mode.unwrap_or(SchemaMode::TwoTable),
+            schema_mode_explicit: self.schema_mode.is_some(),
             batch_size: self.batch_size,
             connect_timeout: self.connect_timeout.clone(),
             max_outage: self.max_outage.clone(),
@@ -228,14 +236,121 @@ pub fn run(command: &EtcdSyncCommand) -> u8 {
         }
     };
     let action = command.action.clone().unwrap_or(EtcdSyncAction::Run);
-    tracing::debug!(?config, ?action, "etcd-sync arguments");
-    let name = match action {
-        EtcdSyncAction::Run => "etcd-sync run",
-        EtcdSyncAction::Status(_) => "etcd-sync status",
-        EtcdSyncAction::Validate(_) => "etcd-sync validate",
-        EtcdSyncAction::Migrate => "etcd-sync migrate",
+    let level = pgtandem_etcd::log_layout::level_from_name(log_level_name(config.log_level))
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    if !pgtandem_etcd::log_layout::init(level) {
+        eprintln!("Failed to setup logging");
+        return 1;
+    }
+    if matches!(action, EtcdSyncAction::Run) {
+        tracing::info!(
+            version = crate::version::PGTANDEM_VERSION,
+            commit = crate::version::git_commit(),
+            pid = std::process::id(),
+            "pg_etcd logging initialized"
+        );
+    }
+    let settings = match pgtandem_etcd::Settings::validate(&raw_settings(&config), &|k| {
+        std::env::var(k).ok().filter(|v| !v.is_empty())
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "{}", config_error_message(&e.to_string()));
+            return pgtandem_etcd::ExitCode::Config.code();
+        }
     };
-    super::engine_not_built(name)
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return 1;
+        }
+    };
+    let code = runtime.block_on(async {
+        match action {
+            EtcdSyncAction::Run => pgtandem_etcd::service::run(&settings, shutdown_signal()).await,
+            EtcdSyncAction::Migrate => pgtandem_etcd::service::run_migrate(&settings).await,
+            EtcdSyncAction::Status(a) => {
+                pgtandem_etcd::status::run(&settings, a.format == ReportFormat::Text).await
+            }
+            EtcdSyncAction::Validate(a) => {
+                pgtandem_etcd::validate::run(
+                    &settings,
+                    a.format == ReportFormat::Text,
+                    a.max_differences as usize,
+                    a.fix,
+                )
+                .await
+            }
+        }
+    });
+    // Abandoned tasks (watch readers, connection drivers) must not delay exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    code.code()
+}
+
+/// The first fixed message that names the configuration problem (§2.3).
+fn config_error_message(detail: &str) -> &'static str {
+    if detail.starts_with(pgtandem_etcd::config::INVALID_POLLING_INTERVAL) {
+        pgtandem_etcd::config::INVALID_POLLING_INTERVAL
+    } else {
+        "Invalid configuration"
+    }
+}
+
+fn log_level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn | LogLevel::Warning => "warn",
+        LogLevel::Error | LogLevel::Fatal | LogLevel::Panic => "error",
+    }
+}
+
+fn raw_settings(config: &EtcdSyncConfig) -> pgtandem_etcd::RawSettings {
+    pgtandem_etcd::RawSettings {
+        postgres_dsn: config.postgres_dsn.as_ref().map(|d| d.expose().to_owned()),
+        etcd_dsn: config.etcd_dsn.expose().to_owned(),
+        polling_interval: config.polling_interval.clone(),
+        schema_mode: config
+            .schema_mode_explicit
+            .then_some(match config.schema_mode {
+                SchemaMode::TwoTable => pgtandem_etcd::SchemaMode::TwoTable,
+                SchemaMode::SingleTable => pgtandem_etcd::SchemaMode::SingleTable,
+            }),
+        batch_size: config.batch_size,
+        connect_timeout: config.connect_timeout.clone(),
+        max_outage: config.max_outage.clone(),
+        skip_migrations: config.skip_migrations,
+        history_retention: config.history_retention.clone(),
+    }
+}
+
+/// Resolves on the first SIGINT/SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        std::process::exit(0);
+    });
 }
 
 /// pg_etcd checks `-v`/`--version` before any other parsing (etcd-sync.md §2.1).
