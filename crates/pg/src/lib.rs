@@ -18,7 +18,8 @@ pub use copy::{CopyFormat, CopyStats, copy_between, copy_in_sql, copy_out_sql};
 pub use error::{Error, Result, ServerError};
 pub use pool::{Pool, PoolOptions, PooledClient};
 pub use replication::{
-    CreatedSlot, QueryResult, ReplicationConnection, ReplicationMode, SlotOptions, SnapshotAction,
-    SystemIdentity, TimelineHistory,
+    CreatedSlot, PhysicalStream, QueryResult, ReceivedWal, ReplicationConnection, ReplicationMode,
+    SlotOptions, SnapshotAction, SystemIdentity, TimelineHistory, WalReceiveError, WalReceiver,
+    WalReceiverOptions,
 };
 pub use tokio_postgres::Client;

@@ -4,11 +4,23 @@
 //!
 //! A [`ReplicationConnection`] runs replication commands (`IDENTIFY_SYSTEM`,
 //! `CREATE_REPLICATION_SLOT`, ...) through the simple query protocol. The
-//! connection owns its socket and read buffer so WAL streaming
-//! (`START_REPLICATION` and `CopyBoth`) can be added on the same framing.
+//! connection owns its socket and read buffer, which WAL streaming
+//! ([`PhysicalStream`]) and the native WAL receiver ([`WalReceiver`]) use.
 
+mod receiver;
 mod startup;
+mod stream;
+mod wal_writer;
 mod wire;
+
+pub use receiver::{
+    DEFAULT_RECEIVE_TIMEOUT, DEFAULT_STATUS_INTERVAL, ReceivedWal, WalReceiveError, WalReceiver,
+    WalReceiverOptions,
+};
+pub use stream::{
+    PhysicalStream, SlotPosition, StandbyStatus, StreamMessage, TimelineSwitch, XLogData,
+};
+pub use wal_writer::{ARCHIVE_STATUS_DIR, PARTIAL_SUFFIX};
 
 use std::collections::HashMap;
 use std::fmt;
