@@ -37,8 +37,9 @@ pub fn run(args: &[OsString]) -> u8 {
 enum ParseErrorStyle {
     /// clap's own message on stderr, with the given exit code.
     Clap(u8),
-    /// pg_etcd: usage on stdout, then `Error: <detail>`, exit 1.
-    UsageThenError,
+    /// pg_etcd: usage on stdout (of the named subcommand, if any), then
+    /// `Error: <detail>` in pflag's wording, exit 1.
+    UsageThenError(Option<&'static str>),
     /// Go/cobra tools: `Error: <detail>` on stderr, exit 1.
     GoError,
 }
@@ -71,9 +72,14 @@ fn parse_with<T: FromArgMatches>(
             let _ = err.print();
             code
         }
-        ParseErrorStyle::UsageThenError => {
-            println!("{}", command.render_help());
-            println!("Error: {}", error_detail(&err));
+        ParseErrorStyle::UsageThenError(subcommand) => {
+            let usage = match subcommand.and_then(|name| command.find_subcommand_mut(name)) {
+                Some(sub) => sub.render_help(),
+                None => command.render_help(),
+            };
+            println!("{usage}");
+            let detail = etcd_sync::pflag_error_detail(&err).unwrap_or_else(|| error_detail(&err));
+            println!("Error: {detail}");
             1
         }
         ParseErrorStyle::GoError => {
@@ -112,17 +118,15 @@ fn run_pgtandem(args: &[OsString]) -> u8 {
         println!("{}", etcd_style_version("pgtandem etcd-sync"));
         return 0;
     }
-    // etcd-sync and bootstrap keep their reference tools' exit 1 for usage errors.
-    let parse_error_code = match word {
-        Some("etcd-sync") => DropIn::PgEtcd.parse_error_exit_code(),
-        Some("bootstrap") => DropIn::PgBootstrapSync.parse_error_exit_code(),
-        _ => 2,
+    // etcd-sync and bootstrap keep their reference tools' exit 1 for usage
+    // errors; etcd-sync also pg_etcd's usage-then-`Error:` report.
+    let style = match word {
+        Some("etcd-sync") => ParseErrorStyle::UsageThenError(Some("etcd-sync")),
+        Some("bootstrap") => ParseErrorStyle::Clap(DropIn::PgBootstrapSync.parse_error_exit_code()),
+        _ => ParseErrorStyle::Clap(2),
     };
-    let cli: PgtandemCli = match parse_with(
-        PgtandemCli::command(),
-        args,
-        ParseErrorStyle::Clap(parse_error_code),
-    ) {
+    let command = PgtandemCli::command().mut_subcommand("etcd-sync", etcd_sync::without_empty_env);
+    let cli: PgtandemCli = match parse_with(command, args, style) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -211,8 +215,8 @@ fn run_pg_etcd(drop_in: DropIn, args: &[OsString]) -> u8 {
         println!("{}", drop_in.version_text());
         return 0;
     }
-    let command = EtcdSyncCli::command().name(drop_in.name());
-    let cli: EtcdSyncCli = match parse_with(command, args, ParseErrorStyle::UsageThenError) {
+    let command = etcd_sync::without_empty_env(EtcdSyncCli::command().name(drop_in.name()));
+    let cli: EtcdSyncCli = match parse_with(command, args, ParseErrorStyle::UsageThenError(None)) {
         Ok(cli) => cli,
         Err(code) => return code,
     };

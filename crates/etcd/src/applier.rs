@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{Compare, CompareOp, KvClient, Txn, TxnOp, TxnOpResponse, TxnResponse};
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Transaction};
 
@@ -17,20 +18,101 @@ use crate::watch::insert_text_rows;
 /// Most bytes (keys + values) in one etcd Txn; a larger row goes alone.
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
-const CLAIM_TWO_TABLE: &str = "SELECT w.\"id\", w.\"key\", w.\"value\", b.eff, \
-    coalesce((SELECT e.\"tombstone\" FROM \"etcd\" e WHERE e.\"key\" = w.\"key\" AND e.\"revision\" = b.eff), false) \
-    FROM \"etcd_wal\" w CROSS JOIN LATERAL (SELECT greatest(w.\"base_revision\", \
-        (SELECT max(p.\"revision\") FROM \"etcd_wal\" p WHERE p.\"key\" = w.\"key\" \
-         AND p.\"status\" = 'success' AND p.\"id\" < w.\"id\")) AS eff) b \
-    WHERE w.\"status\" = 'pending' AND starts_with(w.\"key\", $1) \
-    ORDER BY w.\"id\" LIMIT $2 FOR UPDATE OF w SKIP LOCKED";
+/// etcd's default `--max-txn-ops`.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 
-const CLAIM_SINGLE_TABLE: &str = "SELECT p.\"ts\", p.\"key\", CASE WHEN p.\"tombstone\" THEN NULL ELSE p.\"value\" END, b.eff, \
-    coalesce((SELECT e.\"tombstone\" FROM \"etcd\" e WHERE e.\"key\" = p.\"key\" AND e.\"revision\" = b.eff), false) \
-    FROM \"etcd\" p CROSS JOIN LATERAL (SELECT max(s.\"revision\") AS eff FROM \"etcd\" s \
-        WHERE s.\"key\" = p.\"key\" AND s.\"revision\" > 0 AND s.\"ts\" <= p.\"ts\") b \
-    WHERE p.\"revision\" = -1 AND starts_with(p.\"key\", $1) \
-    ORDER BY p.\"ts\" LIMIT $2 FOR UPDATE OF p SKIP LOCKED";
+/// Single-row Txns in flight when a batch falls back (spec §3.4 step 5).
+pub const FALLBACK_IN_FLIGHT: usize = 64;
+
+/// How a batch's per-row Txns are nested in one request. etcd checks a
+/// Txn's op count against `--max-txn-ops` and each nested Txn against what
+/// is left (`max - outer ops`), so 128 one-op rows do not fit flat under the
+/// default 128; two levels of groups do, and still commit at one revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One nested Txn per row.
+    Flat,
+    /// Groups of at most this many rows, each group a nested Txn of row Txns.
+    Grouped(usize),
+}
+
+impl Layout {
+    /// The layout for `rows` row Txns (one op per branch) under `max_ops`;
+    /// `None` when not even two levels fit.
+    pub fn choose(rows: usize, max_ops: usize) -> Option<Layout> {
+        if rows < max_ops {
+            return Some(Layout::Flat);
+        }
+        // Groups g of size c need g + c + 1 <= max_ops; prefer few groups.
+        (1..max_ops.saturating_sub(1))
+            .rev()
+            .find(|&c| rows.div_ceil(c) + c < max_ops)
+            .map(Layout::Grouped)
+    }
+
+    fn request(self, batch: &[QueuedWrite]) -> Txn {
+        let ops = match self {
+            Layout::Flat => batch.iter().map(|w| TxnOp::txn(w.txn())).collect(),
+            Layout::Grouped(size) => batch
+                .chunks(size)
+                .map(|group| {
+                    TxnOp::txn(
+                        Txn::new().and_then(
+                            group
+                                .iter()
+                                .map(|w| TxnOp::txn(w.txn()))
+                                .collect::<Vec<_>>(),
+                        ),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        };
+        Txn::new().and_then(ops)
+    }
+
+    /// The per-row responses, in batch order.
+    fn row_responses(self, resp: &TxnResponse) -> Vec<TxnResponse> {
+        fn nested(r: &TxnResponse) -> Vec<TxnResponse> {
+            r.op_responses()
+                .into_iter()
+                .filter_map(|op| match op {
+                    TxnOpResponse::Txn(inner) => Some(inner),
+                    _ => None,
+                })
+                .collect()
+        }
+        match self {
+            Layout::Flat => nested(resp),
+            Layout::Grouped(_) => nested(resp).iter().flat_map(nested).collect(),
+        }
+    }
+}
+
+/// Claims first, then computes bases for the claimed rows only: a base
+/// computed in the scan would cost a lookup per pending row, every batch.
+/// The base lookups must go through the key index alone: with a fresh
+/// (unanalyzed) queue the planner likes to AND in a range scan of the
+/// `id`/`ts` index, which reads the whole queue per row. `+ 0` and
+/// `IS TRUE` keep those predicates out of the index choice, and `OFFSET 0`
+/// keeps the lateral base from being evaluated twice.
+const CLAIM_TWO_TABLE: &str = "WITH c AS (SELECT w.\"id\", w.\"key\", w.\"value\", w.\"base_revision\" \
+        FROM \"etcd_wal\" w WHERE w.\"status\" = 'pending' AND starts_with(w.\"key\", $1) \
+        ORDER BY w.\"id\" LIMIT $2 FOR UPDATE OF w SKIP LOCKED) \
+    SELECT c.\"id\", c.\"key\", c.\"value\", b.eff, \
+    coalesce((SELECT e.\"tombstone\" FROM \"etcd\" e WHERE e.\"key\" = c.\"key\" AND e.\"revision\" = b.eff), false) \
+    FROM c CROSS JOIN LATERAL (SELECT greatest(c.\"base_revision\", \
+        (SELECT max(p.\"revision\") FROM \"etcd_wal\" p WHERE p.\"key\" = c.\"key\" \
+         AND p.\"status\" = 'success' AND p.\"id\" + 0 < c.\"id\")) AS eff OFFSET 0) b \
+    ORDER BY c.\"id\"";
+
+const CLAIM_SINGLE_TABLE: &str = "WITH c AS (SELECT p.\"ts\", p.\"key\", p.\"value\", p.\"tombstone\" \
+        FROM \"etcd\" p WHERE p.\"revision\" = -1 AND starts_with(p.\"key\", $1) \
+        ORDER BY p.\"ts\" LIMIT $2 FOR UPDATE OF p SKIP LOCKED) \
+    SELECT c.\"ts\", c.\"key\", CASE WHEN c.\"tombstone\" THEN NULL ELSE c.\"value\" END, b.eff, \
+    coalesce((SELECT e.\"tombstone\" FROM \"etcd\" e WHERE e.\"key\" = c.\"key\" AND e.\"revision\" = b.eff), false) \
+    FROM c CROSS JOIN LATERAL (SELECT max(s.\"revision\") AS eff FROM \"etcd\" s \
+        WHERE s.\"key\" = c.\"key\" AND s.\"revision\" > 0 AND (s.\"ts\" <= c.\"ts\") IS TRUE OFFSET 0) b \
+    ORDER BY c.\"ts\"";
 
 const RECORD_TWO_TABLE: &str = "UPDATE \"etcd_wal\" w SET \"status\" = u.st, \
     \"revision\" = coalesce(u.rev, w.\"revision\"), \"error_message\" = u.err, \"applied_at\" = now() \
@@ -114,13 +196,28 @@ pub fn leading_run(rows: &[QueuedWrite], max_bytes: usize) -> usize {
 
 /// Drains the queue for one prefix.
 pub struct Applier {
-    pub kv: KvClient,
-    pub prefix: String,
-    pub mode: SchemaMode,
-    pub batch: usize,
+    kv: KvClient,
+    prefix: String,
+    mode: SchemaMode,
+    batch: usize,
+    /// etcd's `--max-txn-ops` as far as we know; lowered when etcd refuses.
+    max_txn_ops: usize,
+    /// Fallback causes already logged at WARN.
+    fallback_causes: HashSet<String>,
 }
 
 impl Applier {
+    pub fn new(kv: KvClient, prefix: &str, mode: SchemaMode, batch: usize) -> Applier {
+        Applier {
+            kv,
+            prefix: prefix.to_owned(),
+            mode,
+            batch,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            fallback_causes: HashSet::new(),
+        }
+    }
+
     /// Applies until the queue is drained, then waits for a NOTIFY or the
     /// polling tick. Returns an error when a session fails; `wake` closing
     /// means the control session (and the lock) is gone.
@@ -137,7 +234,7 @@ impl Applier {
             tokio::select! {
                 msg = wake.recv() => {
                     if msg.is_none() {
-                        return Err(SyncError::Etcd { message: "control session closed; leader lock lost".into(), retryable: true });
+                        return Err(SyncError::LockLost);
                     }
                     while wake.try_recv().is_ok() {}
                 }
@@ -190,47 +287,97 @@ impl Applier {
             .collect())
     }
 
-    /// One Txn of nested Txns; on a permanent error, row by row to isolate it.
+    /// Sends the batch as one Txn of per-row nested Txns (one revision for
+    /// all). When etcd refuses the shape, rows go as single-row Txns.
     /// Transient errors abort the whole batch (rows stay pending).
     async fn send(&mut self, batch: &[QueuedWrite]) -> SyncResult<Vec<Outcome>> {
-        let nested: Vec<TxnOp> = batch.iter().map(|w| TxnOp::txn(w.txn())).collect();
-        match self.kv.txn(Txn::new().and_then(nested)).await {
-            Ok(resp) => {
-                let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-                let responses = resp.op_responses();
-                if responses.len() == batch.len() {
-                    return Ok(batch
-                        .iter()
-                        .zip(responses)
-                        .map(|(w, r)| match r {
-                            TxnOpResponse::Txn(inner) => outcome(w, &inner, revision),
-                            _ => Outcome::Failed("unexpected etcd response".into()),
-                        })
-                        .collect());
-                }
-            }
-            Err(e) if is_transient(&e) => return Err(e.into()),
-            Err(e) => {
-                tracing::debug!(error = %e, rows = batch.len(), "batch Txn refused; isolating rows");
-            }
+        if batch.len() == 1 {
+            // One row needs no nesting; its own error is its outcome.
+            return self.send_rows(batch).await;
         }
+        loop {
+            let Some(layout) = Layout::choose(batch.len(), self.max_txn_ops) else {
+                self.warn_once(
+                    "etcd --max-txn-ops too small for nested Txns",
+                    batch.len(),
+                    self.max_txn_ops,
+                );
+                return self.send_rows(batch).await;
+            };
+            let error = match self.kv.txn(layout.request(batch)).await {
+                Ok(resp) => {
+                    let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+                    let rows = layout.row_responses(&resp);
+                    if rows.len() == batch.len() {
+                        return Ok(batch
+                            .iter()
+                            .zip(rows)
+                            .map(|(w, r)| outcome(w, &r, revision))
+                            .collect());
+                    }
+                    format!(
+                        "etcd answered {} of {} nested Txns",
+                        rows.len(),
+                        batch.len()
+                    )
+                }
+                Err(e) if is_transient(&e) => return Err(e.into()),
+                Err(e) if is_too_many_ops(&e) => {
+                    // A server with a lower --max-txn-ops: learn it and retry smaller.
+                    let lower = self.max_txn_ops / 2;
+                    self.warn_once(&etcd_message(e), batch.len(), lower);
+                    self.max_txn_ops = lower;
+                    continue;
+                }
+                Err(e) => etcd_message(e),
+            };
+            self.warn_once(&error, batch.len(), self.max_txn_ops);
+            return self.send_rows(batch).await;
+        }
+    }
+
+    /// Single-row Txns, at most `FALLBACK_IN_FLIGHT` at once. The rows of a
+    /// batch have distinct keys, so per-key id order holds.
+    async fn send_rows(&self, batch: &[QueuedWrite]) -> SyncResult<Vec<Outcome>> {
+        // Owned futures (no borrow of `batch`), so the service future stays Send.
+        let requests: Vec<_> = batch
+            .iter()
+            .map(|write| {
+                let (mut kv, txn) = (self.kv.clone(), write.txn());
+                async move { kv.txn(txn).await }
+            })
+            .collect();
+        let results: Vec<_> = futures_util::stream::iter(requests)
+            .buffered(FALLBACK_IN_FLIGHT)
+            .collect()
+            .await;
         let mut outcomes = Vec::with_capacity(batch.len());
-        for write in batch {
-            match self.kv.txn(write.txn()).await {
+        for (write, result) in batch.iter().zip(results) {
+            match result {
                 Ok(resp) => {
                     let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
                     outcomes.push(outcome(write, &resp, revision));
                 }
                 Err(e) if is_transient(&e) => return Err(e.into()),
-                Err(e) => outcomes.push(Outcome::Failed(
-                    SyncError::from(e)
-                        .to_string()
-                        .trim_start_matches("etcd: ")
-                        .to_owned(),
-                )),
+                Err(e) => outcomes.push(Outcome::Failed(etcd_message(e))),
             }
         }
         Ok(outcomes)
+    }
+
+    /// WARN the first time a cause makes batches fall back; DEBUG after that.
+    fn warn_once(&mut self, cause: &str, rows: usize, max_txn_ops: usize) {
+        let class: String = cause.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if self.fallback_causes.insert(class) {
+            tracing::warn!(
+                error = %cause,
+                rows,
+                max_txn_ops,
+                "etcd refused a batch of nested Txns; sending its rows as single-row Txns"
+            );
+        } else {
+            tracing::debug!(error = %cause, rows, "batch Txn refused; sending rows singly");
+        }
     }
 
     async fn record(
@@ -286,6 +433,20 @@ impl Applier {
             insert_text_rows(tx, &synced).await?;
         }
         Ok(())
+    }
+}
+
+/// etcd's `--max-txn-ops` refusal (InvalidArgument).
+fn is_too_many_ops(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("too many operations in txn request"))
+}
+
+/// The error text stored in `error_message`: etcd's own words (the gRPC
+/// status message verbatim, e.g. `etcdserver: request is too large`).
+fn etcd_message(e: etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -422,6 +583,29 @@ mod tests {
             base: None,
             base_tombstone: false,
         }
+    }
+
+    #[test]
+    fn layout_fits_etcds_op_budget() {
+        assert_eq!(Layout::choose(2, 128), Some(Layout::Flat));
+        assert_eq!(Layout::choose(127, 128), Some(Layout::Flat));
+        // 128 flat rows would need 129 ops: two groups (2 + 125 + 1 <= 128).
+        assert_eq!(Layout::choose(128, 128), Some(Layout::Grouped(125)));
+        for (rows, max) in [(128, 128), (128, 32), (40, 16), (9, 8)] {
+            let Some(Layout::Grouped(c)) = Layout::choose(rows, max) else {
+                panic!("{rows} rows under {max} ops");
+            };
+            assert!(
+                rows.div_ceil(c) + c < max,
+                "{rows} rows, groups of {c}, max {max}"
+            );
+        }
+        assert_eq!(
+            Layout::choose(128, 8),
+            None,
+            "too small even for two levels"
+        );
+        assert_eq!(Layout::choose(2, 2), None);
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub enum SyncError {
     /// etcd failure.
     #[error("etcd: {message}")]
     Etcd { message: String, retryable: bool },
+    /// The control session ended, taking the leader lock with it (§3.5):
+    /// reconnect everything and wait for the lock again.
+    #[error("control session closed; leader lock lost")]
+    LockLost,
     /// The start revision was compacted: resync instead of retrying.
     #[error("etcd revision {0} has been compacted")]
     Compacted(i64),
@@ -30,7 +34,7 @@ impl SyncError {
         match self {
             SyncError::Pg(e) => e.is_retryable() || is_connection_loss(e),
             SyncError::Etcd { retryable, .. } => *retryable,
-            SyncError::Compacted(_) => true,
+            SyncError::Compacted(_) | SyncError::LockLost => true,
             SyncError::Config(_) | SyncError::Fatal(_) => false,
         }
     }

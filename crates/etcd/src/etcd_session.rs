@@ -1,9 +1,13 @@
 //! Opening the etcd client from the DSN and the startup probe (spec §3.1 step 4).
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, WatchClient};
+use std::time::Duration;
+
+use etcd_client::{Channel, Client, ConnectOptions, GetOptions, KvClient, WatchClient};
+use tonic::transport::Endpoint;
 
 use crate::dsn::EtcdDsn;
 use crate::error::{SyncError, SyncResult};
+use crate::etcd_tls::{self, UnverifiedConnector};
 
 /// gRPC decode limit: large Range pages and watch batches exceed tonic's 4 MiB default.
 const MAX_DECODE_BYTES: usize = 256 * 1024 * 1024;
@@ -28,18 +32,39 @@ impl EtcdSession {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(dsn.dial_timeout)
             .with_timeout(dsn.request_timeout)
-            .with_keep_alive(std::time::Duration::from_secs(10), dsn.dial_timeout)
+            .with_keep_alive(Duration::from_secs(10), dsn.dial_timeout)
             .with_auto_token_refresh(true);
         if let Some(user) = &dsn.username {
             options = options.with_user(user.clone(), dsn.password().unwrap_or_default());
         }
-        if dsn.tls.is_some() {
-            return Err(SyncError::Etcd {
-                message: "TLS connections to etcd are not built into this pgtandem yet".into(),
-                retryable: false,
-            });
-        }
-        let client = Client::connect(&dsn.endpoints, Some(options)).await?;
+        let client = match &dsn.tls {
+            None => Client::connect(&dsn.endpoints, Some(options)).await?,
+            Some(tls) => match etcd_tls::verified_options(tls)? {
+                Some(verified) => {
+                    Client::connect(&dsn.endpoints, Some(options.with_tls(verified))).await?
+                }
+                None => {
+                    let connector =
+                        UnverifiedConnector::new(&dsn.endpoints, tls, dsn.dial_timeout)?;
+                    // tonic wants a URI; the connector picks the host itself.
+                    let first = dsn
+                        .endpoints
+                        .first()
+                        .map_or("localhost:2379", String::as_str);
+                    let endpoint = Endpoint::from_shared(format!("http://{first}"))
+                        .map_err(|e| SyncError::Etcd {
+                            message: format!("etcd endpoint {first}: {e}"),
+                            retryable: false,
+                        })?
+                        .connect_timeout(dsn.dial_timeout)
+                        .timeout(dsn.request_timeout)
+                        .http2_keep_alive_interval(Duration::from_secs(10))
+                        .keep_alive_timeout(dsn.dial_timeout);
+                    let channel = endpoint.connect_with_connector_lazy(connector);
+                    Client::from_channel(Channel::Tonic(channel), Some(options)).await?
+                }
+            },
+        };
         Ok(EtcdSession { client })
     }
 

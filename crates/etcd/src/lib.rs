@@ -11,6 +11,7 @@ pub mod dsn;
 pub mod duration;
 pub mod error;
 pub mod etcd_session;
+pub mod etcd_tls;
 pub mod event;
 pub mod leader;
 pub mod log_layout;

@@ -254,60 +254,125 @@ async fn cycle(
     control.listen().await?;
     let mut ingest_pg = pgtandem_pg::connect(&settings.postgres).await?;
     let mut queue_pg = pgtandem_pg::connect(&settings.postgres).await?;
-    let probe = etcd.probe(prefix).await?;
+    // A lost tail of outcome commits only leaves rows pending; re-applying
+    // them is idempotent (§3.4 step 6), so no fsync wait per batch.
+    queue_pg
+        .batch_execute("SET synchronous_commit = off")
+        .await?;
+    let mut probe = Some(etcd.probe(prefix).await?);
     clock.ok();
-    let cluster_id = probe.cluster_id.to_string();
     let mut forced: Option<&str> = None;
+    let mut etcd_retry = EtcdRetry::default();
     loop {
-        let checkpoint = Checkpoint::load(&ingest_pg, prefix).await?;
-        let current = if forced.is_some() {
-            etcd.probe(prefix).await?.revision
-        } else {
-            probe.revision
-        };
-        let reason = forced
-            .take()
-            .or_else(|| resync_reason(checkpoint.as_ref(), &cluster_id, current));
-        let start = match (reason, &checkpoint) {
-            (Some(reason), _) => {
-                let mut kv = etcd.kv();
-                resync(&mut ingest_pg, &mut kv, prefix, mode, &cluster_id, reason)
-                    .await?
-                    .revision
-                    + 1
+        let pass = async {
+            // After the first pass etcd may have moved on (or been replaced).
+            let probe = match probe.take() {
+                Some(p) => p,
+                None => etcd.probe(prefix).await?,
+            };
+            let cluster_id = probe.cluster_id.to_string();
+            let checkpoint = Checkpoint::load(&ingest_pg, prefix).await?;
+            let reason = forced
+                .take()
+                .or_else(|| resync_reason(checkpoint.as_ref(), &cluster_id, probe.revision));
+            let start = match (reason, &checkpoint) {
+                (Some(reason), _) => {
+                    let mut kv = etcd.kv();
+                    resync(&mut ingest_pg, &mut kv, prefix, mode, &cluster_id, reason)
+                        .await?
+                        .revision
+                        + 1
+                }
+                (None, Some(c)) => c.revision + 1,
+                (None, None) => probe.revision + 1,
+            };
+            let mut applier = Applier::new(etcd.kv(), prefix, mode, settings.apply_batch());
+            let ingest = watch::ingest(
+                &mut ingest_pg,
+                etcd,
+                prefix,
+                mode,
+                start,
+                settings.batch_size,
+                || clock.ok(),
+            );
+            let apply = applier.run(
+                &mut queue_pg,
+                &mut control.notifications,
+                settings.polling_interval,
+                || clock.ok(),
+            );
+            let retention =
+                retention_loop(&control.client, prefix, mode, settings.history_retention);
+            tokio::select! {
+                r = ingest => r.map(|WatchEnd::Compacted(_)| PassEnd::Compacted),
+                r = apply => r.map(|()| PassEnd::Stopped),
+                r = retention => r.map(|()| PassEnd::Stopped),
             }
-            (None, Some(c)) => c.revision + 1,
-            (None, None) => probe.revision + 1,
         };
-        let mut applier = Applier {
-            kv: etcd.kv(),
-            prefix: prefix.to_owned(),
-            mode,
-            batch: settings.apply_batch(),
-        };
-        let ingest = watch::ingest(
-            &mut ingest_pg,
-            etcd,
-            prefix,
-            mode,
-            start,
-            settings.batch_size,
-            || clock.ok(),
-        );
-        let apply = applier.run(
-            &mut queue_pg,
-            &mut control.notifications,
-            settings.polling_interval,
-            || clock.ok(),
-        );
-        let retention = retention_loop(&control.client, prefix, mode, settings.history_retention);
-        tokio::select! {
-            r = ingest => match r? {
-                WatchEnd::Compacted(_) => forced = Some("compacted"),
-            },
-            r = apply => return r,
-            r = retention => return r,
+        match pass.await {
+            Ok(PassEnd::Compacted) => forced = Some("compacted"),
+            Ok(PassEnd::Stopped) => return Ok(()),
+            Err(e) if is_etcd_loss(&e) => etcd_retry.wait(e, clock, settings.max_outage).await?,
+            Err(e) => return Err(e),
         }
+    }
+}
+
+/// Why one watch-and-apply pass ended without an error.
+enum PassEnd {
+    /// The watch start was compacted: resync, then watch again.
+    Compacted,
+    /// A loop returned on its own; the supervisor starts a new cycle.
+    Stopped,
+}
+
+/// A lost etcd connection (not PostgreSQL, not the lock): §3.5 keeps the
+/// PG sessions and the lock and only re-watches from the checkpoint.
+fn is_etcd_loss(e: &SyncError) -> bool {
+    matches!(
+        e,
+        SyncError::Etcd {
+            retryable: true,
+            ..
+        }
+    )
+}
+
+/// Backoff between re-watches while etcd is away.
+#[derive(Default)]
+struct EtcdRetry {
+    attempt: u32,
+    last_warn: Option<Instant>,
+}
+
+impl EtcdRetry {
+    /// Sleeps before the next re-watch; gives the error back once the
+    /// outage budget is spent, so the supervisor exits 4.
+    async fn wait(
+        &mut self,
+        err: SyncError,
+        clock: &OutageClock,
+        budget: Option<Duration>,
+    ) -> SyncResult<()> {
+        let outage = clock.failed();
+        if budget.is_some_and(|b| outage > b) {
+            return Err(err);
+        }
+        if outage < Duration::from_millis(1) {
+            self.attempt = 0;
+        }
+        if self.last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(error = %err, "etcd unavailable; re-watching from the checkpoint");
+            self.last_warn = Some(Instant::now());
+        }
+        let mut delay = full_jitter(self.attempt, RUNTIME_BACKOFF_CAP);
+        if let Some(budget) = budget {
+            delay = delay.min(budget.saturating_sub(outage) + Duration::from_millis(50));
+        }
+        tokio::time::sleep(delay).await;
+        self.attempt += 1;
+        Ok(())
     }
 }
 

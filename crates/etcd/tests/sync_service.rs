@@ -291,12 +291,7 @@ async fn two_appliers_never_double_apply() {
     let settings = w.settings("/t/", None);
     let session = EtcdSession::connect(&settings.etcd).await.unwrap();
     let drain = |mut client: tokio_postgres::Client| {
-        let mut applier = Applier {
-            kv: session.kv(),
-            prefix: "/t/".into(),
-            mode: SchemaMode::TwoTable,
-            batch: 32,
-        };
+        let mut applier = Applier::new(session.kv(), "/t/", SchemaMode::TwoTable, 32);
         async move { while applier.apply_once(&mut client).await.unwrap() {} }
     };
     let (a, b) = (w.pg().await, w.pg().await);
@@ -313,12 +308,7 @@ async fn two_appliers_never_double_apply() {
     pg.batch_execute("UPDATE etcd_wal SET status='pending' WHERE key='/t/k7'")
         .await
         .unwrap();
-    let mut applier = Applier {
-        kv: session.kv(),
-        prefix: "/t/".into(),
-        mode: SchemaMode::TwoTable,
-        batch: 32,
-    };
+    let mut applier = Applier::new(session.kv(), "/t/", SchemaMode::TwoTable, 32);
     let mut c = w.pg().await;
     while applier.apply_once(&mut c).await.unwrap() {}
     let st: String = pg

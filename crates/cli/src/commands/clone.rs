@@ -50,10 +50,78 @@ pub fn run(argv0: &str, args: &[OsString], global_debug: bool) -> u8 {
     }
 }
 
-/// Hands validated arguments to the clone engine.
+/// Hands validated arguments to the clone engine; a failure is one FATAL
+/// line on stderr and exit 1 (the JSON summary was already printed).
 fn start(args: &CloneArgs) -> u8 {
     tracing::debug!(?args, "clone arguments");
-    super::engine_not_built("clone")
+    let outcome = pgtandem_clone::run(engine_options(args));
+    if let Some(error) = &outcome.error {
+        eprintln!("[{}] FATAL: {error}", pgtandem_clone::report::timestamp());
+    }
+    outcome.exit_code()
+}
+
+/// Maps the pgclone grammar's result onto the engine's options.
+fn engine_options(a: &CloneArgs) -> pgtandem_clone::CloneOptions {
+    use pgtandem_clone::{ProgressStyle, TransportKind, WalMethod};
+    let mut o = pgtandem_clone::CloneOptions::new(
+        a.pghost.clone(),
+        a.pguser.clone(),
+        a.primary_pgdata.clone(),
+        a.replica_pgdata.clone(),
+    );
+    o.pgport = a.pgport;
+    o.replica_waldir = a.replica_waldir.clone();
+    o.ssh_key = a.ssh_key.clone();
+    o.ssh_user = a.ssh_user.clone();
+    o.ssh_port = a.ssh_port;
+    o.ssh_options = a.ssh_options.clone();
+    o.insecure_ssh = a.insecure_ssh;
+    o.temp_waldir = a.temp_waldir.clone();
+    o.parallel = a.parallel.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    o.paranoid = a.paranoid;
+    o.drop_existing = a.drop_existing;
+    o.verbose = a.verbose || a.debug;
+    o.keep_run_tmp = a.keep_run_tmp;
+    o.slot = a.slot;
+    o.no_slot = a.no_slot;
+    o.bypass_rep_traffic = a.bypass_rep_traffic;
+    o.progress = match a.progress {
+        pgclone_args::ProgressMode::Auto => ProgressStyle::Auto,
+        pgclone_args::ProgressMode::Bar => ProgressStyle::Bar,
+        pgclone_args::ProgressMode::Plain => ProgressStyle::Plain,
+        pgclone_args::ProgressMode::None => ProgressStyle::None,
+    };
+    o.progress_interval = std::time::Duration::from_secs(a.progress_interval_secs);
+    o.limit_net_bw = a.limit_net_bw;
+    o.transport = match a.transport {
+        pgclone_args::Transport::Rsync => TransportKind::Rsync,
+        pgclone_args::Transport::Local => TransportKind::Local,
+    };
+    o.wal_method = match a.wal_method {
+        pgclone_args::WalMethod::Native => WalMethod::Native,
+        pgclone_args::WalMethod::PgReceivewal => WalMethod::PgReceivewal,
+    };
+    o.write_standby_config = a.write_standby_config;
+    o.standby_slot = a.standby_slot.clone();
+    o.start = a.start;
+    o.standby_port = a.standby_port;
+    o.pg_bindir = a.pg_bindir.clone();
+    o.tablespace_mappings = a
+        .tablespace_mappings
+        .iter()
+        .map(|m| pgtandem_clone::TablespaceMapping {
+            old: m.old.clone(),
+            new: m.new.clone(),
+        })
+        .collect();
+    o.json = a.json;
+    o.resume = a.resume;
+    o.no_sync = a.no_sync;
+    o
 }
 
 /// pgclone's `[YYYY-MM-DD HH:MM:SS]` prefix, in local time when the offset is

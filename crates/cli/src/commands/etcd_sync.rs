@@ -353,6 +353,38 @@ async fn shutdown_signal() {
     });
 }
 
+/// Drops the env fallback of every flag whose variable is set but empty:
+/// clap would read `""` as a value, while §2.1 says an empty variable counts
+/// as unset (so the `ETCD_FDW_*` alias or the default applies).
+pub fn without_empty_env(command: clap::Command) -> clap::Command {
+    command.mut_args(|arg| {
+        let empty = arg
+            .get_env()
+            .and_then(std::env::var_os)
+            .is_some_and(|value| value.is_empty());
+        if empty { arg.env(None::<&str>) } else { arg }
+    })
+}
+
+/// pflag's wording for a parse error the reference reports itself
+/// (`unknown flag: --dry-run`); `None` keeps clap's text.
+pub fn pflag_error_detail(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
+    if name.starts_with("--") {
+        Some(format!("unknown flag: {name}"))
+    } else {
+        let short = name.trim_start_matches('-').chars().next()?;
+        Some(format!("unknown shorthand flag: '{short}' in {name}"))
+    }
+}
+
 /// pg_etcd checks `-v`/`--version` before any other parsing (etcd-sync.md §2.1).
 pub fn asks_for_version<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> bool {
     args.iter()
@@ -441,6 +473,27 @@ mod tests {
                 .map(SecretString::expose),
             Some("etcd://h/")
         );
+    }
+
+    #[test]
+    fn unknown_flags_use_pflag_wording() {
+        let detail = |args: &[&str]| {
+            let err = Harness::try_parse_from(args.iter().copied()).err().unwrap();
+            pflag_error_detail(&err)
+        };
+        assert_eq!(
+            detail(&["pg_etcd", "--dry-run"]).as_deref(),
+            Some("unknown flag: --dry-run")
+        );
+        assert_eq!(
+            detail(&["pg_etcd", "--dry-run=yes"]).as_deref(),
+            Some("unknown flag: --dry-run")
+        );
+        assert_eq!(
+            detail(&["pg_etcd", "-x"]).as_deref(),
+            Some("unknown shorthand flag: 'x' in -x")
+        );
+        assert_eq!(detail(&["pg_etcd", "--log-level", "loud"]), None);
     }
 
     #[test]
