@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use pgtandem_core::conninfo::ConnInfo;
 use pgtandem_pg::{CopyFormat, ReplicationConnection, ReplicationMode, SnapshotAction};
-use pgtandem_testkit::{Pg, PgCluster};
+use pgtandem_testkit::{Etcd, Pg, PgCluster};
 
 /// Rows in the demo table: enough to see a rate, small enough to run in seconds.
 const DEMO_ROWS: u64 = 200_000;
@@ -34,7 +34,10 @@ pub fn run() -> Result<()> {
     let node_a = start_node("node A")?;
     let node_b = start_node("node B")?;
 
-    let result = runtime.block_on(demo_steps(&node_a, &node_b));
+    let mut result = runtime.block_on(demo_steps(&node_a, &node_b));
+    if result.is_ok() {
+        result = runtime.block_on(etcd_sync_step(&node_a));
+    }
     if result.is_ok() {
         show_drop_in_names()?;
     }
@@ -169,6 +172,81 @@ async fn demo_steps(node_a: &PgCluster, node_b: &PgCluster) -> Result<()> {
         left == "0"
     ));
     ensure!(left == "0", "temporary slot survived its connection");
+    Ok(())
+}
+
+/// A key flowing both ways between a local etcd and node A through the real `pgtandem etcd-sync`.
+async fn etcd_sync_step(node: &PgCluster) -> Result<()> {
+    use crate::bench::etcd_sync::{Service, etcd_connect, pg_connect, wait_for};
+    step("etcd ⇄ PostgreSQL: `pgtandem etcd-sync` between a local etcd 3.4 and node A");
+    let etcd = Etcd::start()?;
+    node.create_database("etcd_demo")?;
+    let service = Service::spawn(&etcd, node, "etcd_demo", "/demo/")?;
+    say(&format!(
+        "service started: prefix /demo/, etcd {}, database etcd_demo",
+        etcd.endpoint()
+    ));
+    let pg = pg_connect(node, "etcd_demo").await?;
+    let mut kv = etcd_connect(&etcd).await?;
+    wait_for("the service's first checkpoint", || async {
+        Ok(pg
+            .query_opt("SELECT 1 FROM pg_etcd_state LIMIT 1", &[])
+            .await
+            .ok()
+            .flatten()
+            .is_some())
+    })
+    .await
+    .map_err(|e| service.explain(e))?;
+
+    kv.put("/demo/greeting", "hello from etcd", None).await?;
+    wait_for("the etcd put to reach PostgreSQL", || async {
+        Ok(pg
+            .query_opt("SELECT 1 FROM etcd WHERE key = '/demo/greeting'", &[])
+            .await?
+            .is_some())
+    })
+    .await
+    .map_err(|e| service.explain(e))?;
+    let row = pg
+        .query_one(
+            "SELECT value, revision FROM etcd_get('/demo/greeting')",
+            &[],
+        )
+        .await?;
+    let (value, revision): (String, i64) = (row.get(0), row.get(1));
+    say(&format!(
+        "put /demo/greeting → PostgreSQL etcd_get: {value:?} at revision {revision}"
+    ));
+
+    pg.execute(
+        "SELECT etcd_set('/demo/reply', 'hello from PostgreSQL')",
+        &[],
+    )
+    .await?;
+    let mut reader = kv.clone();
+    wait_for("the PostgreSQL write to reach etcd", || {
+        let mut reader = reader.clone();
+        async move { Ok(!reader.get("/demo/reply", None).await?.kvs().is_empty()) }
+    })
+    .await
+    .map_err(|e| service.explain(e))?;
+    let got = reader.get("/demo/reply", None).await?;
+    let kv0 = got.kvs().first().context("key vanished")?;
+    let status: String = pg
+        .query_one(
+            "SELECT status FROM etcd_wal WHERE key = '/demo/reply' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    say(&format!(
+        "SELECT etcd_set('/demo/reply', …) → etcd: {:?} at revision {} (queue row: {status})",
+        kv0.value_str().unwrap_or("<binary>"),
+        kv0.mod_revision()
+    ));
+    drop(service);
+    say("service stopped with SIGTERM; etcd removed");
     Ok(())
 }
 

@@ -203,14 +203,19 @@ async fn startup_resync(etcd: &Etcd, cluster: &PgCluster, etcd_client: &EtcdClie
 }
 
 /// The real binary as a child process, SIGTERMed (then killed) on drop.
-struct Service {
+pub(crate) struct Service {
     child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Service {
-    fn spawn(etcd: &Etcd, cluster: &PgCluster, db: &str, prefix: &str) -> Result<Service> {
+    pub(crate) fn spawn(
+        etcd: &Etcd,
+        cluster: &PgCluster,
+        db: &str,
+        prefix: &str,
+    ) -> Result<Service> {
         let dir = tempfile::Builder::new()
             .prefix("pgtandem-bench-")
             .tempdir()?;
@@ -235,7 +240,7 @@ impl Service {
     }
 
     /// Adds the tail of the service log to an error.
-    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+    pub(crate) fn explain(&self, e: anyhow::Error) -> anyhow::Error {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -593,7 +598,7 @@ async fn collect_latencies(
 
 // ---------------------------------------------------------------- plumbing
 
-async fn pg_connect(cluster: &PgCluster, db: &str) -> Result<PgClient> {
+pub(crate) async fn pg_connect(cluster: &PgCluster, db: &str) -> Result<PgClient> {
     let (client, connection) = tokio_postgres::connect(&cluster.conninfo(db), NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;
@@ -666,12 +671,12 @@ async fn watch_puts(
     Ok(rx)
 }
 
-async fn etcd_connect(etcd: &Etcd) -> Result<EtcdClient> {
+pub(crate) async fn etcd_connect(etcd: &Etcd) -> Result<EtcdClient> {
     Ok(EtcdClient::connect([etcd.endpoint()], None).await?)
 }
 
 /// Polls `condition` every 50 ms until it holds or `WAIT_LIMIT` passes.
-async fn wait_for<F, Fut>(what: &str, mut condition: F) -> Result<()>
+pub(crate) async fn wait_for<F, Fut>(what: &str, mut condition: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,

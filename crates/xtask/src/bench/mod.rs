@@ -2,7 +2,7 @@
 //! ratio. Slow by design, so never part of `make test`; results go to docs/benchmarks.md.
 
 mod copy;
-mod etcd_sync;
+pub(crate) mod etcd_sync;
 mod stats;
 
 use anyhow::{Result, bail};
